@@ -1,0 +1,48 @@
+# trunkline — see README.md. Targets that touch the network need root.
+GO       ?= go
+BIN      := bin
+GOFLAGS  ?=
+LDFLAGS  := -s -w
+PKGS     := ./...
+
+.PHONY: all build test test-short demo bench generate lint clean sweep
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# The whole suite: pure tests, dataplane tests over in-memory ports, and the
+# privileged tests on real namespaces (they refuse to skip when CI=true).
+# Each benchmark runs once so they keep compiling and running.
+test: build
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 12m -p 1 $(PKGS)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 5m $(PKGS)
+	$(BIN)/trunkline bed sweep
+
+# Pure tests only (no root needed).
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+# The main job on the embedded default: a bed with 3 pods, the agent, real traffic.
+demo: build
+	$(BIN)/trunkline demo
+
+bench: build
+	$(BIN)/trunkline bench throughput
+
+# Regenerate the BPF objects from their C sources (needs clang and libbpf-dev).
+generate:
+	$(GO) generate ./...
+
+lint:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+
+# Remove every bed this machine still has (after a crash).
+sweep: build
+	$(BIN)/trunkline bed sweep
+
+clean:
+	rm -rf $(BIN)
