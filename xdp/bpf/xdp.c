@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// XDP programs of the trunkline agent. They only steer frames: every
+// decision about a frame's meaning is taken in userspace.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_P_8021AD_ 0x88A8
+#define ETH_P_QINQ1_ 0x9100
+#define MAX_QUEUES 64
+#define MAX_POD_SOCKETS 16384
+
+// Sockets of the trunk, by RX queue.
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} trunk_xsks SEC(".maps");
+
+// Sockets of the pods' host veths, by slot.
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_POD_SOCKETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} pod_xsks SEC(".maps");
+
+struct pod_key {
+	__u32 ifindex;
+	__u32 queue;
+};
+
+// (host veth ifindex, RX queue) -> slot in pod_xsks.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_POD_SOCKETS);
+	__type(key, struct pod_key);
+	__type(value, __u32);
+} pod_slots SEC(".maps");
+
+// The node's own IPv4 addresses: pods' traffic to them goes to the kernel.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} node_addrs SEC(".maps");
+
+static __always_inline int is_tag(__u16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD_) ||
+	       proto == bpf_htons(ETH_P_QINQ1_);
+}
+
+// trunk: 802.1Q-tagged frames go to the socket of their RX queue; untagged
+// and priority-tagged (VID 0) frames are the node's own and pass.
+SEC("xdp")
+int tl_trunk(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	if (!is_tag(eth->h_proto))
+		return XDP_PASS;
+	if (data + ETH_HLEN + 4 <= end && eth->h_proto == bpf_htons(ETH_P_8021Q)) {
+		__u16 tci = bpf_ntohs(*(__u16 *)(data + ETH_HLEN));
+		__u16 inner = *(__u16 *)(data + ETH_HLEN + 2);
+		if ((tci & 0x0fff) == 0 && !is_tag(inner))
+			return XDP_PASS;
+	}
+	return bpf_redirect_map(&trunk_xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+// pod: on a pod's host veth every frame goes to the pod's socket, except
+// IPv4 to the node's own addresses and ARP asking for them, which the node's
+// kernel handles (kubelet probes, host-network agents).
+SEC("xdp")
+int tl_pod(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) <= end) {
+			__u32 dst = ip->daddr;
+			if (bpf_map_lookup_elem(&node_addrs, &dst))
+				return XDP_PASS;
+		}
+	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		// Ethernet/IPv4 ARP: target IP at offset 24 of the ARP header.
+		if (data + ETH_HLEN + 28 <= end) {
+			__u32 tpa;
+			__builtin_memcpy(&tpa, data + ETH_HLEN + 24, 4);
+			if (bpf_map_lookup_elem(&node_addrs, &tpa))
+				return XDP_PASS;
+		}
+	}
+	struct pod_key key = { .ifindex = ctx->ingress_ifindex, .queue = ctx->rx_queue_index };
+	__u32 *slot = bpf_map_lookup_elem(&pod_slots, &key);
+	if (!slot)
+		return XDP_PASS;
+	return bpf_redirect_map(&pod_xsks, *slot, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
