@@ -1,0 +1,63 @@
+package dataplane
+
+// DropReason says why the worker dropped a frame. Every drop has one, and
+// each reason has a counter.
+type DropReason uint8
+
+// Drop reasons. Their String forms are metric label values: keep them stable.
+const (
+	// DropUntagged: an untagged frame reached the trunk socket (the trunk
+	// program passes those to the kernel; seen only in generic mode races).
+	DropUntagged DropReason = iota
+	// DropPriorityTagged: a VID 0 frame reached the trunk socket; 802.1Q
+	// treats it as untagged, so it belongs to the node's kernel.
+	DropPriorityTagged
+	// DropQinQ: two or more tags on a trunk frame.
+	DropQinQ
+	// DropUnknownVID: no pod attachment owns the frame's VID.
+	DropUnknownVID
+	// DropMalformed: truncated or inconsistent headers.
+	DropMalformed
+	// DropSpoofedSource: a pod sent with a MAC or IP that is not its own.
+	DropSpoofedSource
+	// DropTaggedFromPod: a pod sent an 802.1Q-tagged frame.
+	DropTaggedFromPod
+	// DropIPv6: IPv6 is recognised but not forwarded yet.
+	DropIPv6
+	// DropUnsupported: an EtherType the dataplane does not forward.
+	DropUnsupported
+	// DropNoTxRoom: the output socket's TX ring was full.
+	DropNoTxRoom
+	// DropNoPort: the pod is known but has no socket on this worker.
+	DropNoPort
+	// DropUnknownPod: a frame arrived on a pod socket whose attachment is
+	// gone.
+	DropUnknownPod
+	// DropNoHeadroom: no room in the frame's slot to push a tag.
+	DropNoHeadroom
+
+	NumDropReasons
+)
+
+var dropNames = [NumDropReasons]string{
+	DropUntagged:       "untagged",
+	DropPriorityTagged: "priority_tagged",
+	DropQinQ:           "qinq",
+	DropUnknownVID:     "unknown_vid",
+	DropMalformed:      "malformed",
+	DropSpoofedSource:  "spoofed_source",
+	DropTaggedFromPod:  "tagged_from_pod",
+	DropIPv6:           "ipv6",
+	DropUnsupported:    "unsupported_ethertype",
+	DropNoTxRoom:       "no_tx_room",
+	DropNoPort:         "no_port",
+	DropUnknownPod:     "unknown_pod",
+	DropNoHeadroom:     "no_headroom",
+}
+
+func (r DropReason) String() string {
+	if r < NumDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}

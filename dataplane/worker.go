@@ -1,0 +1,513 @@
+// Package dataplane is the per-queue worker: it receives batches of frames
+// from the trunk and the pods' ports, demultiplexes them by VLAN, rewrites
+// them in place and transmits their descriptors on the right port. It knows
+// ports only through package port; package xdp provides the real ones.
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/trunkline/trunkline/dataplane/port"
+	"github.com/trunkline/trunkline/internal/packet"
+	"github.com/trunkline/trunkline/vlan"
+)
+
+// DefaultBatch is how many descriptors a worker moves per ring operation.
+const DefaultBatch = 64
+
+// trunkIndex is the trunk's port index; pod attachment ID i has index i+1.
+const trunkIndex = 0
+
+// PortCounters count one port's frames. The worker adds to them once per
+// batch; anyone may read them.
+type PortCounters struct {
+	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
+}
+
+// Counters are a worker's own counters. The worker adds once per batch.
+type Counters struct {
+	Drops [NumDropReasons]atomic.Uint64
+	// Batches counts receive batches; Frames the frames in them.
+	Batches, Frames atomic.Uint64
+	// Polls counts blocking waits.
+	Polls atomic.Uint64
+}
+
+// Config wires a worker.
+type Config struct {
+	// Memory is the frame memory all the worker's ports share.
+	Memory port.Memory
+	// Poller blocks the worker while its ports are idle.
+	Poller port.Poller
+	// Trunk is the trunk queue's port; TrunkCounters counts its frames.
+	Trunk         port.Port
+	TrunkCounters *PortCounters
+	// VLAN is the attachment table, shared by all workers and replaced by
+	// the control plane with an atomic swap.
+	VLAN *atomic.Pointer[vlan.Table]
+	// GatewayMAC is the VPC gateway's MAC: the destination of every frame
+	// the worker sends out on the trunk.
+	GatewayMAC [6]byte
+	// Batch is the descriptors per ring operation; default DefaultBatch.
+	Batch int
+}
+
+// Worker runs the pipeline for one trunk queue. Its ports, its batch buffers
+// and the frames it holds belong to the goroutine in Run; other goroutines
+// change its ports only through AttachPod and DetachPod.
+type Worker struct {
+	mem       []byte
+	memory    port.Memory
+	slotMask  uint64
+	poller    port.Poller
+	vlanTable *atomic.Pointer[vlan.Table]
+	gateway   [6]byte
+	batch     int
+
+	ports   []*out // by port index; nil where none
+	touched []int  // ports to flush after this round
+	rx      []port.Desc
+	drop    []port.Desc
+	ready   []int
+	drops   [NumDropReasons]uint64 // this batch
+	pkt     packet.Parsed
+
+	counters Counters
+
+	mu      sync.Mutex // guards running and serialises control calls
+	running bool
+	ctl     chan func()
+}
+
+// out is one port with the frames queued for it in the current batch.
+type out struct {
+	p       port.Port
+	c       *PortCounters
+	q       []port.Desc
+	qBytes  uint64
+	touched bool
+}
+
+// ErrConfig is wrapped by New's errors.
+var ErrConfig = errors.New("dataplane: invalid worker config")
+
+// New builds a worker.
+func New(c Config) (*Worker, error) {
+	var errs []error
+	if c.Memory == nil {
+		errs = append(errs, errors.New("no frame memory"))
+	}
+	if c.Poller == nil {
+		errs = append(errs, errors.New("no poller"))
+	}
+	if c.Trunk == nil {
+		errs = append(errs, errors.New("no trunk port"))
+	}
+	if c.VLAN == nil {
+		errs = append(errs, errors.New("no VLAN table pointer"))
+	}
+	if c.Batch == 0 {
+		c.Batch = DefaultBatch
+	}
+	if c.Batch < 1 || c.Batch > 1024 {
+		errs = append(errs, fmt.Errorf("batch %d: want 1..1024", c.Batch))
+	}
+	if c.Memory != nil {
+		if fs := c.Memory.FrameSize(); fs == 0 || fs&(fs-1) != 0 {
+			errs = append(errs, fmt.Errorf("frame size %d: want a power of two", fs))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+	}
+	if c.TrunkCounters == nil {
+		c.TrunkCounters = new(PortCounters)
+	}
+	w := &Worker{
+		mem:       c.Memory.Bytes(),
+		memory:    c.Memory,
+		slotMask:  c.Memory.FrameSize() - 1,
+		poller:    c.Poller,
+		vlanTable: c.VLAN,
+		gateway:   c.GatewayMAC,
+		batch:     c.Batch,
+		ports:     make([]*out, 1+vlan.MaxAttachments),
+		rx:        make([]port.Desc, c.Batch),
+		drop:      make([]port.Desc, 0, c.Batch),
+		ready:     make([]int, 1+vlan.MaxAttachments),
+		touched:   make([]int, 0, 1+vlan.MaxAttachments),
+		ctl:       make(chan func(), 16),
+	}
+	w.ports[trunkIndex] = w.newOut(c.Trunk, c.TrunkCounters)
+	return w, nil
+}
+
+func (w *Worker) newOut(p port.Port, c *PortCounters) *out {
+	if c == nil {
+		c = new(PortCounters)
+	}
+	return &out{p: p, c: c, q: make([]port.Desc, 0, w.batch)}
+}
+
+// Counters are the worker's counters, safe to read at any time.
+func (w *Worker) Counters() *Counters { return &w.counters }
+
+// PodIndex is the port index (as given to the Poller) of attachment id.
+func PodIndex(id uint16) int { return int(id) + 1 }
+
+// TrunkIndex is the trunk's port index (as given to the Poller).
+const TrunkIndex = trunkIndex
+
+// AttachPod gives the worker the port of attachment id. inWorker, if not
+// nil, runs on the worker's goroutine right after (to register the port
+// with the poller). It returns once the worker uses the port.
+func (w *Worker) AttachPod(id uint16, p port.Port, c *PortCounters, inWorker func()) error {
+	if int(id) >= vlan.MaxAttachments {
+		return fmt.Errorf("attach pod port: ID %d: want < %d", id, vlan.MaxAttachments)
+	}
+	w.do(func() {
+		w.ports[PodIndex(id)] = w.newOut(p, c)
+		if inWorker != nil {
+			inWorker()
+		}
+	})
+	return nil
+}
+
+// DetachPod removes attachment id's port after flushing what is queued on
+// it; inWorker, if not nil, runs on the worker's goroutine after that (to
+// unregister and close the port: the worker no longer touches it).
+func (w *Worker) DetachPod(id uint16, inWorker func()) {
+	if int(id) >= vlan.MaxAttachments {
+		return
+	}
+	w.do(func() {
+		if o := w.ports[PodIndex(id)]; o != nil {
+			o.p.Flush()
+			w.ports[PodIndex(id)] = nil
+		}
+		if inWorker != nil {
+			inWorker()
+		}
+	})
+}
+
+// Do runs fn on the worker's goroutine between batches (or at once when the
+// worker is not running) and returns when fn has returned.
+func (w *Worker) Do(fn func()) { w.do(fn) }
+
+func (w *Worker) do(fn func()) {
+	w.mu.Lock()
+	if !w.running {
+		defer w.mu.Unlock()
+		fn()
+		return
+	}
+	done := make(chan struct{})
+	w.ctl <- func() { fn(); close(done) }
+	w.mu.Unlock()
+	w.poller.Wake()
+	<-done
+}
+
+// idleWaits are the poll timeouts, in ms, after 1, 2, 3… idle rounds: a
+// short wait first to reap completions, then block (with a timeout only to
+// take back completed frames a port still had in flight).
+var idleWaits = [...]int{1, 10, 1000}
+
+// Run processes frames until ctx ends, blocking in the poller while every
+// port is idle. It returns nil when ctx ends.
+func (w *Worker) Run(ctx context.Context) error {
+	w.mu.Lock()
+	if w.running {
+		w.mu.Unlock()
+		return errors.New("dataplane: worker already running")
+	}
+	w.running = true
+	w.mu.Unlock()
+	stop := context.AfterFunc(ctx, w.poller.Wake)
+	defer func() {
+		stop()
+		w.mu.Lock()
+		w.running = false
+		for len(w.ctl) > 0 {
+			(<-w.ctl)()
+		}
+		w.mu.Unlock()
+		w.flushAll()
+	}()
+
+	idle := 0
+	for ctx.Err() == nil {
+		for len(w.ctl) > 0 {
+			(<-w.ctl)()
+		}
+		timeout := 0
+		if idle > 0 {
+			timeout = idleWaits[min(idle, len(idleWaits))-1]
+			w.counters.Polls.Add(1)
+		}
+		n, err := w.poller.Wait(w.ready, timeout)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			if idle > 0 {
+				w.flushAll()
+			}
+			idle++
+			continue
+		}
+		full := false
+		for _, idx := range w.ready[:n] {
+			if w.receive(idx) == w.batch {
+				full = true
+			}
+		}
+		w.flushTouched()
+		if full {
+			idle = 0
+		} else {
+			idle = 1
+		}
+	}
+	return nil
+}
+
+// Poll runs one round without blocking: it receives a batch from every
+// readable port, forwards and flushes. It returns how many frames it
+// received. For tests and benchmarks that drive a worker step by step; not
+// while Run runs.
+func (w *Worker) Poll() int {
+	for len(w.ctl) > 0 {
+		(<-w.ctl)()
+	}
+	n, _ := w.poller.Wait(w.ready, 0)
+	total := 0
+	for _, idx := range w.ready[:n] {
+		total += w.receive(idx)
+	}
+	w.flushTouched()
+	return total
+}
+
+func (w *Worker) flushAll() {
+	for _, o := range w.ports {
+		if o != nil {
+			o.p.Flush()
+		}
+	}
+}
+
+func (w *Worker) flushTouched() {
+	for _, idx := range w.touched {
+		if o := w.ports[idx]; o != nil {
+			o.touched = false
+			o.p.Flush()
+		}
+	}
+	w.touched = w.touched[:0]
+}
+
+func (w *Worker) touch(idx int, o *out) {
+	if !o.touched {
+		o.touched = true
+		w.touched = append(w.touched, idx)
+	}
+}
+
+// receive processes one batch from port idx and returns its size.
+func (w *Worker) receive(idx int) int {
+	in := w.ports[idx]
+	if in == nil {
+		return 0
+	}
+	n := in.p.Receive(w.rx)
+	if n == 0 {
+		return 0
+	}
+	w.touch(idx, in) // its fill ring wants refilling
+	var bytes uint64
+	tbl := w.vlanTable.Load()
+	if idx == trunkIndex {
+		for i := range w.rx[:n] {
+			bytes += uint64(w.rx[i].Len)
+			w.fromTrunk(tbl, w.rx[i])
+		}
+	} else {
+		var a *vlan.Attachment
+		if tbl != nil {
+			a = tbl.ByID(uint16(idx - 1))
+		}
+		for i := range w.rx[:n] {
+			bytes += uint64(w.rx[i].Len)
+			w.fromPod(tbl, a, w.rx[i])
+		}
+	}
+	in.c.RxPackets.Add(uint64(n))
+	in.c.RxBytes.Add(bytes)
+	w.counters.Batches.Add(1)
+	w.counters.Frames.Add(uint64(n))
+	w.transmit()
+	return n
+}
+
+// transmit hands every queued frame of this batch to its port.
+func (w *Worker) transmit() {
+	for _, idx := range w.touched {
+		o := w.ports[idx]
+		if len(o.q) == 0 {
+			continue
+		}
+		sent := o.p.Transmit(o.q)
+		if sent < len(o.q) {
+			w.drops[DropNoTxRoom] += uint64(len(o.q) - sent)
+			w.drop = append(w.drop, o.q[sent:]...)
+			for _, d := range o.q[sent:] {
+				o.qBytes -= uint64(d.Len)
+			}
+		}
+		o.c.TxPackets.Add(uint64(sent))
+		o.c.TxBytes.Add(o.qBytes)
+		o.q, o.qBytes = o.q[:0], 0
+	}
+	if len(w.drop) > 0 {
+		w.memory.Release(w.drop)
+		w.drop = w.drop[:0]
+	}
+	for r, n := range w.drops {
+		if n != 0 {
+			w.counters.Drops[r].Add(n)
+			w.drops[r] = 0
+		}
+	}
+}
+
+func (w *Worker) dropFrame(d port.Desc, r DropReason) {
+	w.drops[r]++
+	w.drop = append(w.drop, d)
+}
+
+func (w *Worker) enqueue(idx int, d port.Desc) {
+	o := w.ports[idx]
+	if o == nil {
+		w.dropFrame(d, DropNoPort)
+		return
+	}
+	w.touch(idx, o)
+	o.q = append(o.q, d)
+	o.qBytes += uint64(d.Len)
+}
+
+// fromTrunk: the tag's VID selects the pod; the tag goes, the MACs become
+// pod's gateway → pod, and the frame leaves on the pod's port.
+func (w *Worker) fromTrunk(tbl *vlan.Table, d port.Desc) {
+	b := w.mem[d.Addr : d.Addr+uint64(d.Len)]
+	p := &w.pkt
+	p.Decode(b)
+	switch {
+	case p.Tags == 0:
+		w.dropFrame(d, DropUntagged)
+		return
+	case p.Tags > 1:
+		w.dropFrame(d, DropQinQ)
+		return
+	case p.VID == 0:
+		w.dropFrame(d, DropPriorityTagged)
+		return
+	}
+	var a *vlan.Attachment
+	if tbl != nil {
+		a = tbl.Attachment(p.VID)
+	}
+	if a == nil {
+		w.dropFrame(d, DropUnknownVID)
+		return
+	}
+	if r, ok := w.checkL3(); !ok {
+		w.dropFrame(d, r)
+		return
+	}
+	b = vlan.Pop(b)
+	d.Addr += vlan.TagLen
+	d.Len -= vlan.TagLen
+	copy(b[0:6], a.MAC[:])
+	copy(b[6:12], a.HostMAC[:])
+	w.enqueue(PodIndex(a.ID), d)
+}
+
+// checkL3 accepts well-formed IPv4 and ARP; anything else is a drop reason.
+func (w *Worker) checkL3() (DropReason, bool) {
+	p := &w.pkt
+	switch p.EtherType {
+	case packet.EtherTypeIPv4, packet.EtherTypeARP:
+		if p.Status != packet.StatusOK {
+			return DropMalformed, false
+		}
+		return 0, true
+	case packet.EtherTypeIPv6:
+		return DropIPv6, false
+	}
+	if p.Status == packet.StatusTruncated {
+		return DropMalformed, false
+	}
+	return DropUnsupported, false
+}
+
+// fromPod: the source must be the pod's own; a frame to another local pod
+// goes straight across, anything else leaves on the trunk with the pod's tag.
+func (w *Worker) fromPod(tbl *vlan.Table, a *vlan.Attachment, d port.Desc) {
+	if a == nil {
+		w.dropFrame(d, DropUnknownPod)
+		return
+	}
+	b := w.mem[d.Addr : d.Addr+uint64(d.Len)]
+	p := &w.pkt
+	p.Decode(b)
+	if p.Tags != 0 {
+		w.dropFrame(d, DropTaggedFromPod)
+		return
+	}
+	if len(b) < 12 || [6]byte(b[6:12]) != a.MAC {
+		w.dropFrame(d, DropSpoofedSource)
+		return
+	}
+	if r, ok := w.checkL3(); !ok {
+		w.dropFrame(d, r)
+		return
+	}
+	var dst [4]byte
+	if p.EtherType == packet.EtherTypeIPv4 {
+		if p.Src != a.IP {
+			w.dropFrame(d, DropSpoofedSource)
+			return
+		}
+		dst = p.Dst
+	} else { // ARP
+		if p.ARPSenderIP != a.IP || p.ARPSenderMAC != a.MAC {
+			w.dropFrame(d, DropSpoofedSource)
+			return
+		}
+		dst = p.ARPTargetIP
+	}
+	if to := tbl.ByIP(dst); to != nil {
+		copy(b[0:6], to.MAC[:])
+		copy(b[6:12], to.HostMAC[:])
+		w.enqueue(PodIndex(to.ID), d)
+		return
+	}
+	if d.Addr&w.slotMask < vlan.TagLen {
+		w.dropFrame(d, DropNoHeadroom)
+		return
+	}
+	d.Addr -= vlan.TagLen
+	d.Len += vlan.TagLen
+	b = w.mem[d.Addr : d.Addr+uint64(d.Len)]
+	vlan.Push(b, a.VID)
+	copy(b[0:6], w.gateway[:])
+	w.enqueue(trunkIndex, d)
+}
