@@ -30,10 +30,17 @@ type SocketOptions struct {
 	// Ring sizes, powers of two. Defaults: RX and TX 2048, fill and
 	// completion 2048.
 	RxSize, TxSize, FillSize, CompSize int
-	// FillTarget is how many free frames the socket keeps posted in its
-	// fill ring; default FillSize. Pod sockets post few, so a pod costs
-	// rings, not frames.
+	// FillTarget is the most free frames the socket keeps posted in its
+	// fill ring; default FillSize.
 	FillTarget int
+	// FillMin is how many it keeps posted while idle; while its receive
+	// batches come back full the socket doubles what it posts, up to
+	// FillTarget, and halves it again when idle. Default FillTarget. Pod
+	// sockets start small, so an idle pod costs rings, not frames.
+	FillMin int
+	// Reserve is how many free frames refilling this socket leaves for the
+	// others (the trunk's fill ring must not starve because pods are busy).
+	Reserve int
 	// Mode applies to the socket that registers the UMEM; sockets sharing
 	// it inherit its mode.
 	Mode BindMode
@@ -57,6 +64,7 @@ func (o *SocketOptions) setDefaults() {
 	def(&o.FillSize, 2048)
 	def(&o.CompSize, 2048)
 	def(&o.FillTarget, o.FillSize)
+	def(&o.FillMin, o.FillTarget)
 	def(&o.SendBuffer, 4<<20)
 	def(&o.TxBudget, o.TxSize)
 }
@@ -73,6 +81,12 @@ func (o SocketOptions) validate() error {
 	}
 	if o.FillTarget < 0 || o.FillTarget > o.FillSize {
 		errs = append(errs, fmt.Errorf("fill target %d: want 0..fill ring size %d", o.FillTarget, o.FillSize))
+	}
+	if o.FillMin < 0 || o.FillMin > o.FillTarget {
+		errs = append(errs, fmt.Errorf("fill min %d: want 0..fill target %d", o.FillMin, o.FillTarget))
+	}
+	if o.Reserve < 0 {
+		errs = append(errs, fmt.Errorf("reserve %d: want >= 0", o.Reserve))
 	}
 	if o.Ifindex <= 0 {
 		errs = append(errs, fmt.Errorf("ifindex %d: want a positive interface index", o.Ifindex))
@@ -96,6 +110,8 @@ type Socket struct {
 
 	fillPending int // frames posted to fill, not yet seen on RX
 	txPending   int // frames put on TX, not yet seen on completion
+	fillWant    int // frames to keep posted now, FillMin..FillTarget
+	rxSince     int // frames received since the last Flush
 
 	// Kick statistics, read by the owner.
 	Kicks, KickErrors uint64
@@ -118,7 +134,7 @@ func NewSocket(u *Umem, o SocketOptions) (s *Socket, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open AF_XDP socket: %w", err)
 	}
-	s = &Socket{fd: fd, umem: u, opts: o}
+	s = &Socket{fd: fd, umem: u, opts: o, fillWant: o.FillMin}
 	defer func() {
 		if err != nil {
 			s.unmapRings()
@@ -221,6 +237,10 @@ func (s *Socket) Receive(descs []port.Desc) int {
 	}
 	s.rx.release(n)
 	s.fillPending -= int(n)
+	s.rxSince += int(n)
+	if int(n) == len(descs) && s.fillWant < s.opts.FillTarget {
+		s.fillWant = min(2*s.fillWant, s.opts.FillTarget)
+	}
 	return int(n)
 }
 
@@ -264,6 +284,10 @@ func (s *Socket) Flush() {
 		}
 	}
 	s.complete()
+	if s.rxSince == 0 && s.fillWant > s.opts.FillMin {
+		s.fillWant = max(s.fillWant/2, s.opts.FillMin)
+	}
+	s.rxSince = 0
 	s.refill()
 }
 
@@ -283,11 +307,14 @@ func (s *Socket) complete() {
 
 // refill posts free frames to the fill ring up to the fill target.
 func (s *Socket) refill() {
-	want := s.opts.FillTarget - s.fillPending
+	want := s.fillWant - s.fillPending
 	if want <= 0 {
 		return
 	}
-	want = min(want, len(s.umem.free))
+	want = min(want, len(s.umem.free)-s.opts.Reserve)
+	if want <= 0 {
+		return
+	}
 	n := s.fill.space(uint32(want))
 	if n == 0 {
 		return

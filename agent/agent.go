@@ -1,0 +1,368 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trunkline/trunkline/dataplane"
+	"github.com/trunkline/trunkline/vlan"
+	"github.com/trunkline/trunkline/xdp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Version is the agent's version, set at build time.
+var Version = "dev"
+
+// Options are what the command line adds to the configuration file.
+type Options struct {
+	Logger *slog.Logger
+	// XDPMode overrides the configuration's xdpMode when not empty.
+	XDPMode string
+	// WorkerCPUs overrides the configuration's workerCPUs when not nil.
+	WorkerCPUs []int
+}
+
+// Agent is one node's trunkline agent.
+type Agent struct {
+	log   *slog.Logger
+	s     settings
+	start time.Time
+
+	progs   *xdp.Programs
+	table   atomic.Pointer[vlan.Table]
+	workers []*workerState
+
+	mu   sync.Mutex // guards pods
+	pods []*podState
+
+	ready atomic.Bool
+}
+
+// workerState is one trunk queue's worker and the sockets it owns.
+type workerState struct {
+	queue  int
+	umem   *xdp.Umem
+	trunk  *xdp.Socket
+	poller *xdp.Poller
+	w      *dataplane.Worker
+	trunkC *dataplane.PortCounters
+	done   chan error
+}
+
+// podState is one attached pod.
+type podState struct {
+	att      vlan.Attachment
+	hostVeth string
+	ifindex  int
+	sockets  []*xdp.Socket             // by worker
+	counters []*dataplane.PortCounters // by worker
+}
+
+// New validates the configuration; it attaches nothing.
+func New(cfg Config, o Options) (*Agent, error) {
+	if o.XDPMode != "" {
+		cfg.XDPMode = o.XDPMode
+	}
+	if o.WorkerCPUs != nil {
+		cfg.WorkerCPUs = o.WorkerCPUs
+	}
+	s, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Agent{log: o.Logger, s: s}, nil
+}
+
+// Run sets the node up, forwards until ctx ends, then detaches everything.
+// It returns an error if set-up fails (after undoing what it did) or a
+// worker fails.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	a.start = time.Now()
+	var cleanup []func() error
+	defer func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			if cerr := cleanup[i](); cerr != nil {
+				a.log.Error("teardown", "err", cerr)
+				err = errors.Join(err, cerr)
+			}
+		}
+	}()
+	cfg := a.s.cfg
+
+	trunk, err := netlink.LinkByName(cfg.Trunk)
+	if err != nil {
+		return fmt.Errorf("trunk %s: %w (is the agent running in the node's network namespace?)", cfg.Trunk, err)
+	}
+	if n := trunk.Attrs().NumRxQueues; n > 0 && cfg.Queues > n {
+		return fmt.Errorf("trunk %s has %d RX queues; config asks for queues: %d", cfg.Trunk, n, cfg.Queues)
+	}
+	if a.progs, err = xdp.LoadPrograms(); err != nil {
+		return err
+	}
+	cleanup = append(cleanup, a.progs.Close)
+	if err := a.progs.SetNodeAddrs([]netip.Addr{a.s.nodeIP}); err != nil {
+		return err
+	}
+
+	for q := 0; q < cfg.Queues; q++ {
+		ws, err := a.newWorker(q, trunk.Attrs().Index)
+		if err != nil {
+			return err
+		}
+		a.workers = append(a.workers, ws)
+		cleanup = append(cleanup, ws.close)
+		if err := a.progs.SetTrunkSocket(q, ws.trunk.FD()); err != nil {
+			return err
+		}
+	}
+	if err := a.progs.AttachTrunk(cfg.Trunk, a.s.mode); err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() error { return a.progs.Detach(cfg.Trunk) })
+
+	atts := make([]vlan.Attachment, 0, len(a.s.pods))
+	for i, p := range a.s.pods {
+		atts = append(atts, vlan.Attachment{ID: uint16(i), VID: uint16(p.VLAN), IP: p.ip.As4(), MAC: p.mac, Name: p.Name})
+	}
+	for i, p := range a.s.pods {
+		if err := a.attachPod(&atts[i], p.HostVeth); err != nil {
+			return err
+		}
+	}
+	cleanup = append(cleanup, a.detachAllPods)
+	tbl, err := vlan.NewTable(atts)
+	if err != nil {
+		return err
+	}
+	a.table.Store(tbl)
+
+	srv, err := a.serveAPI()
+	if err != nil {
+		return err
+	}
+	cleanup = append(cleanup, func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+
+	wctx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	for i, ws := range a.workers {
+		cpu := -1
+		if len(cfg.WorkerCPUs) > 0 {
+			cpu = cfg.WorkerCPUs[i%len(cfg.WorkerCPUs)]
+		}
+		ws.done = make(chan error, 1)
+		go func() { ws.done <- runPinned(wctx, ws.w, cpu) }()
+	}
+	cleanup = append(cleanup, func() error {
+		stopWorkers()
+		var errs []error
+		for _, ws := range a.workers {
+			errs = append(errs, <-ws.done)
+		}
+		return errors.Join(errs...)
+	})
+	a.ready.Store(true)
+	a.log.Info("trunkline running", "version", Version, "trunk", cfg.Trunk, "queues", cfg.Queues,
+		"xdpMode", a.s.mode.String(), "pods", len(atts), "api", cfg.APISocket)
+
+	var werr error
+	select {
+	case <-ctx.Done():
+	case werr = <-a.workers[0].done:
+		a.workers[0].done <- werr
+	}
+	a.ready.Store(false)
+	a.log.Info("trunkline stopping")
+	if werr != nil {
+		return fmt.Errorf("worker: %w", werr)
+	}
+	return nil
+}
+
+// runPinned runs a worker on a locked OS thread, pinned to cpu if >= 0.
+func runPinned(ctx context.Context, w *dataplane.Worker, cpu int) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if cpu >= 0 {
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return fmt.Errorf("pin worker to CPU %d: %w", cpu, err)
+		}
+	}
+	return w.Run(ctx)
+}
+
+func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {
+	cfg := a.s.cfg
+	ws = &workerState{queue: q, trunkC: new(dataplane.PortCounters)}
+	if ws.umem, err = xdp.NewUmem(xdp.UmemOptions{Frames: cfg.UMEM.Frames, FrameSize: cfg.UMEM.FrameSize}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			ws.close()
+		}
+	}()
+	mode := xdp.BindAuto
+	if a.s.mode == xdp.Generic {
+		mode = xdp.BindCopy
+	}
+	if ws.trunk, err = xdp.NewSocket(ws.umem, xdp.SocketOptions{Ifindex: trunkIndex, Queue: q, Mode: mode,
+		RxSize: trunkRing, TxSize: trunkRing, FillSize: trunkRing, CompSize: trunkRing}); err != nil {
+		return nil, fmt.Errorf("trunk %s queue %d: %w", cfg.Trunk, q, err)
+	}
+	if ws.poller, err = xdp.NewPoller(); err != nil {
+		return nil, err
+	}
+	ws.poller.Set(dataplane.TrunkIndex, ws.trunk.FD())
+	ws.w, err = dataplane.New(dataplane.Config{
+		Memory: ws.umem, Poller: ws.poller, Trunk: ws.trunk, TrunkCounters: ws.trunkC,
+		VLAN: &a.table, GatewayMAC: a.s.gatewayMAC, Batch: cfg.Batch,
+	})
+	return ws, err
+}
+
+func (ws *workerState) close() error {
+	var errs []error
+	if ws.trunk != nil {
+		errs = append(errs, ws.trunk.Close())
+	}
+	if ws.poller != nil {
+		errs = append(errs, ws.poller.Close())
+	}
+	if ws.umem != nil {
+		// Every socket is closed: every frame must be back.
+		if acc := ws.umem.Accounting(); acc.Free != acc.Total {
+			errs = append(errs, fmt.Errorf("queue %d: %d of %d UMEM frames were not returned (%+v)", ws.queue, acc.Total-acc.Free, acc.Total, acc))
+		}
+		errs = append(errs, ws.umem.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Ring sizes: the trunk's rings take whole bursts from the VPC; a pod's
+// rings are smaller and its fill ring holds few frames until it is busy.
+const (
+	trunkRing = 2048
+	podRing   = 512
+)
+
+// attachPod gives a pod its sockets, one per worker, on its host veth, and
+// steers the veth's frames to them. The attachment's HostMAC is filled in.
+func (a *Agent) attachPod(att *vlan.Attachment, hostVeth string) (err error) {
+	l, err := netlink.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("pod %s: host veth %s: %w", att.Name, hostVeth, err)
+	}
+	if n := l.Attrs().NumRxQueues; n > 0 && n < len(a.workers) {
+		return fmt.Errorf("pod %s: host veth %s has %d RX queues, the agent runs %d workers; create the veth with numrxqueues %d",
+			att.Name, hostVeth, n, len(a.workers), len(a.workers))
+	}
+	copy(att.HostMAC[:], l.Attrs().HardwareAddr)
+	ps := &podState{att: *att, hostVeth: hostVeth, ifindex: l.Attrs().Index}
+	defer func() {
+		if err != nil {
+			a.detachPod(ps)
+		}
+	}()
+	if err := a.progs.AttachPod(hostVeth, a.s.mode); err != nil {
+		return err
+	}
+	for _, ws := range a.workers {
+		var sock *xdp.Socket
+		var serr error
+		ws.w.Do(func() {
+			sock, serr = xdp.NewSocket(ws.umem, xdp.SocketOptions{
+				Ifindex: ps.ifindex, Queue: ws.queue,
+				RxSize: podRing, TxSize: podRing, FillSize: podRing, CompSize: podRing,
+				FillMin: a.s.cfg.UMEM.PodFill, FillTarget: podRing, Reserve: trunkRing,
+			})
+		})
+		if serr != nil {
+			return fmt.Errorf("pod %s: socket on %s queue %d: %w", att.Name, hostVeth, ws.queue, serr)
+		}
+		c := new(dataplane.PortCounters)
+		ps.sockets = append(ps.sockets, sock)
+		ps.counters = append(ps.counters, c)
+		ws.w.AttachPod(att.ID, sock, c, func() { ws.poller.Set(dataplane.PodIndex(att.ID), sock.FD()) })
+		if err := a.progs.SetPodSocket(ps.ifindex, ws.queue, sock.FD()); err != nil {
+			return err
+		}
+	}
+	a.mu.Lock()
+	a.pods = append(a.pods, ps)
+	a.mu.Unlock()
+	return nil
+}
+
+// detachPod undoes attachPod: unsteer, stop the workers using the sockets,
+// close them (their frames return to the UMEM), detach the program.
+func (a *Agent) detachPod(ps *podState) error {
+	var errs []error
+	for i, sock := range ps.sockets {
+		ws := a.workers[i]
+		errs = append(errs, a.progs.ClearPodSocket(ps.ifindex, ws.queue))
+		ws.w.DetachPod(ps.att.ID, func() {
+			ws.poller.Set(dataplane.PodIndex(ps.att.ID), -1)
+			errs = append(errs, sock.Close())
+		})
+	}
+	ps.sockets = nil
+	errs = append(errs, a.progs.DetachIndex(ps.ifindex))
+	return errors.Join(errs...)
+}
+
+func (a *Agent) detachAllPods() error {
+	a.mu.Lock()
+	pods := a.pods
+	a.pods = nil
+	a.mu.Unlock()
+	var errs []error
+	for _, ps := range pods {
+		errs = append(errs, a.detachPod(ps))
+	}
+	return errors.Join(errs...)
+}
+
+// serveAPI listens on the API socket (mode 0600) and serves the local API.
+func (a *Agent) serveAPI() (*http.Server, error) {
+	path := a.s.cfg.APISocket
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("api socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale api socket: %w", err)
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("api socket %s: %w", path, err)
+	}
+	srv := &http.Server{Handler: a.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("api server", "err", err)
+		}
+	}()
+	return srv, nil
+}

@@ -1,0 +1,188 @@
+package agent
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/trunkline/trunkline/dataplane"
+	"github.com/trunkline/trunkline/xdp"
+)
+
+// APIVersion prefixes every path of the local API.
+const APIVersion = "v1"
+
+// Counters are one port's frame counters. RX is what the agent received
+// from the interface, TX what it sent on it.
+type Counters struct {
+	RxPackets uint64 `json:"rxPackets"`
+	RxBytes   uint64 `json:"rxBytes"`
+	TxPackets uint64 `json:"txPackets"`
+	TxBytes   uint64 `json:"txBytes"`
+}
+
+func (c *Counters) add(p *dataplane.PortCounters) {
+	c.RxPackets += p.RxPackets.Load()
+	c.RxBytes += p.RxBytes.Load()
+	c.TxPackets += p.TxPackets.Load()
+	c.TxBytes += p.TxBytes.Load()
+}
+
+// KernelDrops are the kernel's counters of frames it could not hand to an
+// AF_XDP socket or take from it (XDP_STATISTICS).
+type KernelDrops struct {
+	// RxDropped: dropped for any reason before the RX ring.
+	RxDropped uint64 `json:"rxDropped"`
+	// RxRingFull: the RX ring was full (the agent falls behind).
+	RxRingFull uint64 `json:"rxRingFull"`
+	// FillRingEmpty: no free frame was posted to receive into.
+	FillRingEmpty uint64 `json:"fillRingEmpty"`
+	// TxInvalid: descriptors the kernel refused to send.
+	TxInvalid uint64 `json:"txInvalid"`
+}
+
+func (k *KernelDrops) add(s *xdp.Socket) {
+	st, err := s.Stats()
+	if err != nil {
+		return
+	}
+	k.RxDropped += st.Rx_dropped
+	k.RxRingFull += st.Rx_ring_full
+	k.FillRingEmpty += st.Rx_fill_ring_empty_descs
+	k.TxInvalid += st.Tx_invalid_descs
+}
+
+// InterfaceStats are a trunk queue's counters.
+type InterfaceStats struct {
+	Name  string `json:"name"`
+	Queue int    `json:"queue"`
+	Counters
+	Kernel KernelDrops `json:"kernel"`
+}
+
+// PodStats are a pod's counters, summed over workers: TX is toward the pod,
+// RX from it.
+type PodStats struct {
+	Name     string `json:"name"`
+	VLAN     uint16 `json:"vlan"`
+	IP       string `json:"ip"`
+	HostVeth string `json:"hostVeth"`
+	Counters
+	Kernel KernelDrops `json:"kernel"`
+}
+
+// UMEMStats say where a worker's frames are; Held is what the worker holds
+// between batches and must be 0.
+type UMEMStats struct {
+	Queue int `json:"queue"`
+	Total int `json:"total"`
+	Free  int `json:"free"`
+	Fill  int `json:"fill"`
+	TX    int `json:"tx"`
+	Held  int `json:"held"`
+}
+
+// WorkerStats are a worker's own counters.
+type WorkerStats struct {
+	Queue   int    `json:"queue"`
+	Batches uint64 `json:"batches"`
+	Frames  uint64 `json:"frames"`
+	Polls   uint64 `json:"polls"`
+}
+
+// Stats is the answer of GET /v1/stats.
+type Stats struct {
+	Interfaces []InterfaceStats  `json:"interfaces"`
+	Pods       []PodStats        `json:"pods"`
+	Drops      map[string]uint64 `json:"drops"`
+	UMEM       []UMEMStats       `json:"umem"`
+	Workers    []WorkerStats     `json:"workers"`
+}
+
+// Status is the answer of GET /v1/status.
+type Status struct {
+	Version   string  `json:"version"`
+	Trunk     string  `json:"trunk"`
+	NodeIP    string  `json:"nodeIP"`
+	XDPMode   string  `json:"xdpMode"`
+	Queues    int     `json:"queues"`
+	Pods      int     `json:"pods"`
+	Ready     bool    `json:"ready"`
+	UptimeSec float64 `json:"uptimeSeconds"`
+}
+
+// Stats collects every counter. Frame accounting is read on each worker's
+// goroutine, between batches.
+func (a *Agent) Stats() Stats {
+	st := Stats{Drops: map[string]uint64{}}
+	for r := dataplane.DropReason(0); r < dataplane.NumDropReasons; r++ {
+		st.Drops[r.String()] = 0
+	}
+	for _, ws := range a.workers {
+		is := InterfaceStats{Name: a.s.cfg.Trunk, Queue: ws.queue}
+		is.add(ws.trunkC)
+		is.Kernel.add(ws.trunk)
+		st.Interfaces = append(st.Interfaces, is)
+		c := ws.w.Counters()
+		for r := range c.Drops {
+			st.Drops[dataplane.DropReason(r).String()] += c.Drops[r].Load()
+		}
+		st.Workers = append(st.Workers, WorkerStats{Queue: ws.queue, Batches: c.Batches.Load(), Frames: c.Frames.Load(), Polls: c.Polls.Load()})
+		ws.w.Do(func() {
+			acc := ws.umem.Accounting()
+			st.UMEM = append(st.UMEM, UMEMStats{Queue: ws.queue, Total: acc.Total, Free: acc.Free, Fill: acc.Fill, TX: acc.TX, Held: acc.Held})
+		})
+	}
+	a.mu.Lock()
+	for _, ps := range a.pods {
+		p := PodStats{Name: ps.att.Name, VLAN: ps.att.VID, IP: ipString(ps.att.IP), HostVeth: ps.hostVeth}
+		for _, c := range ps.counters {
+			p.add(c)
+		}
+		for _, s := range ps.sockets {
+			p.Kernel.add(s)
+		}
+		st.Pods = append(st.Pods, p)
+	}
+	a.mu.Unlock()
+	return st
+}
+
+// Status reports what the agent runs.
+func (a *Agent) Status() Status {
+	n := 0
+	if t := a.table.Load(); t != nil {
+		n = t.Len()
+	}
+	return Status{
+		Version: Version, Trunk: a.s.cfg.Trunk, NodeIP: a.s.nodeIP.String(), XDPMode: a.s.mode.String(),
+		Queues: a.s.cfg.Queues, Pods: n, Ready: a.ready.Load(), UptimeSec: time.Since(a.start).Seconds(),
+	}
+}
+
+func ipString(ip [4]byte) string {
+	return netip.AddrFrom4(ip).String()
+}
+
+func (a *Agent) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /"+APIVersion+"/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.Stats()) })
+	mux.HandleFunc("GET /"+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.Status()) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

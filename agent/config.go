@@ -1,0 +1,259 @@
+// Package agent is trunkline's control plane on a node: it reads the
+// configuration, loads and attaches the XDP programs, opens the AF_XDP
+// sockets, runs one dataplane worker per trunk queue, feeds them the
+// attachment table and serves the local API.
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/trunkline/trunkline/vlan"
+	"github.com/trunkline/trunkline/xdp"
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultAPISocket is where the agent serves its local API.
+const DefaultAPISocket = "/run/trunkline/trunkline.sock"
+
+// Config is the agent's configuration file. examples/trunkline.yaml
+// documents every key.
+type Config struct {
+	// Trunk is the trunk ENI's interface name.
+	Trunk string `yaml:"trunk"`
+	// NodeIP is the node's own IPv4 address; pods' traffic to it goes to
+	// the node's kernel.
+	NodeIP string `yaml:"nodeIP"`
+	// GatewayMAC is the VPC gateway's MAC, the destination of every frame
+	// sent on the trunk.
+	GatewayMAC string `yaml:"gatewayMAC"`
+	// Queues is the number of trunk RX queues served, one worker each.
+	Queues int `yaml:"queues"`
+	// XDPMode is native (default) or generic.
+	XDPMode string `yaml:"xdpMode"`
+	// APISocket is the local API's unix socket.
+	APISocket string `yaml:"apiSocket"`
+	// WorkerCPUs pins worker i to WorkerCPUs[i % len]; empty: not pinned.
+	WorkerCPUs []int `yaml:"workerCPUs"`
+	// Batch is the descriptors per ring operation (default 64).
+	Batch int `yaml:"batch"`
+	// UMEM sizes each worker's frame memory.
+	UMEM UMEMConfig `yaml:"umem"`
+	// Pods are static attachments, standing until the CNI registers pods.
+	Pods []PodConfig `yaml:"pods"`
+}
+
+// UMEMConfig sizes a worker's frame memory.
+type UMEMConfig struct {
+	// Frames per worker (default 8192).
+	Frames int `yaml:"frames"`
+	// FrameSize is 2048 or 4096 (default); the trunk MTU must fit
+	// FrameSize-256-4.
+	FrameSize int `yaml:"frameSize"`
+	// PodFill is how many frames an idle pod's socket keeps posted for
+	// receive (default 64); a busy pod's grows to its ring size (512).
+	PodFill int `yaml:"podFill"`
+}
+
+// PodConfig is one pod's branch attachment.
+type PodConfig struct {
+	Name     string `yaml:"name"`
+	VLAN     int    `yaml:"vlan"`
+	IP       string `yaml:"ip"`
+	MAC      string `yaml:"mac"`
+	HostVeth string `yaml:"hostVeth"`
+}
+
+// settings is a Config after validation, in the types the agent uses.
+type settings struct {
+	cfg        Config
+	nodeIP     netip.Addr
+	gatewayMAC [6]byte
+	mode       xdp.AttachMode
+	pods       []podSettings
+}
+
+type podSettings struct {
+	PodConfig
+	ip  netip.Addr
+	mac [6]byte
+}
+
+// ErrInvalidConfig is wrapped by every configuration error.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
+// LoadConfig reads and parses a configuration file; unknown keys are errors.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("%w: %s: %v", ErrInvalidConfig, path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.XDPMode == "" {
+		c.XDPMode = "native"
+	}
+	if c.APISocket == "" {
+		c.APISocket = DefaultAPISocket
+	}
+	if c.UMEM.Frames == 0 {
+		c.UMEM.Frames = 8192
+	}
+	if c.UMEM.FrameSize == 0 {
+		c.UMEM.FrameSize = 4096
+	}
+	if c.UMEM.PodFill == 0 {
+		c.UMEM.PodFill = 64
+	}
+}
+
+// validate checks the whole configuration and reports every problem, each
+// with its field path.
+func (c Config) validate() (settings, error) {
+	c.setDefaults()
+	s := settings{cfg: c}
+	var errs []error
+	bad := func(path, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{path}, a...)...))
+	}
+	if c.Trunk == "" {
+		bad("trunk", "required: the trunk ENI's interface name")
+	} else if len(c.Trunk) > 15 {
+		bad("trunk", "%q is longer than an interface name (15)", c.Trunk)
+	}
+	if ip, err := netip.ParseAddr(c.NodeIP); err != nil || !ip.Is4() {
+		bad("nodeIP", "%q is not an IPv4 address", c.NodeIP)
+	} else {
+		s.nodeIP = ip
+	}
+	if mac, err := parseUnicastMAC(c.GatewayMAC); err != nil {
+		bad("gatewayMAC", "%v", err)
+	} else {
+		s.gatewayMAC = mac
+	}
+	if c.Queues < 1 || c.Queues > 64 {
+		bad("queues", "%d: want 1..64", c.Queues)
+	}
+	if m, err := xdp.ParseAttachMode(c.XDPMode); err != nil {
+		bad("xdpMode", "%q: want native or generic", c.XDPMode)
+	} else {
+		s.mode = m
+	}
+	for i, cpu := range c.WorkerCPUs {
+		if cpu < 0 || cpu >= 1024 {
+			bad(fmt.Sprintf("workerCPUs[%d]", i), "%d: not a CPU number", cpu)
+		}
+	}
+	if c.Batch != 0 && (c.Batch < 1 || c.Batch > 1024) {
+		bad("batch", "%d: want 1..1024", c.Batch)
+	}
+	if c.UMEM.FrameSize != 2048 && c.UMEM.FrameSize != 4096 {
+		bad("umem.frameSize", "%d: want 2048 or 4096", c.UMEM.FrameSize)
+	}
+	if c.UMEM.Frames < 4*trunkRing || c.UMEM.Frames > 1<<20 {
+		bad("umem.frames", "%d: want %d..1048576", c.UMEM.Frames, 4*trunkRing)
+	}
+	if c.UMEM.PodFill < 8 || c.UMEM.PodFill > podRing {
+		bad("umem.podFill", "%d: want 8..%d", c.UMEM.PodFill, podRing)
+	}
+	seen := map[string]string{}
+	claim := func(path, kind, v string) {
+		if v == "" {
+			return
+		}
+		k := kind + "=" + v
+		if prev, ok := seen[k]; ok {
+			bad(path, "%s %s is also used by %s", kind, v, prev)
+			return
+		}
+		seen[k] = path
+	}
+	for i, p := range c.Pods {
+		path := fmt.Sprintf("pods[%d]", i)
+		ps := podSettings{PodConfig: p}
+		if p.Name == "" {
+			bad(path+".name", "required")
+		}
+		claim(path+".name", "name", p.Name)
+		if p.VLAN < vlan.MinVID || p.VLAN > vlan.MaxVID {
+			bad(path+".vlan", "%d: want %d..%d", p.VLAN, vlan.MinVID, vlan.MaxVID)
+		}
+		claim(path+".vlan", "VLAN", fmt.Sprint(p.VLAN))
+		if ip, err := netip.ParseAddr(p.IP); err != nil || !ip.Is4() {
+			bad(path+".ip", "%q is not an IPv4 address", p.IP)
+		} else if ip == s.nodeIP {
+			bad(path+".ip", "%s is the node's own address", ip)
+		} else {
+			ps.ip = ip
+		}
+		claim(path+".ip", "IP", p.IP)
+		if mac, err := parseUnicastMAC(p.MAC); err != nil {
+			bad(path+".mac", "%v", err)
+		} else {
+			ps.mac = mac
+		}
+		claim(path+".mac", "MAC", p.MAC)
+		switch {
+		case p.HostVeth == "":
+			bad(path+".hostVeth", "required: the pod veth's host end")
+		case len(p.HostVeth) > 15:
+			bad(path+".hostVeth", "%q is longer than an interface name (15)", p.HostVeth)
+		case p.HostVeth == c.Trunk:
+			bad(path+".hostVeth", "%q is the trunk", p.HostVeth)
+		}
+		claim(path+".hostVeth", "host veth", p.HostVeth)
+		s.pods = append(s.pods, ps)
+	}
+	if len(c.Pods) > vlan.MaxAttachments {
+		bad("pods", "%d pods: at most %d", len(c.Pods), vlan.MaxAttachments)
+	}
+	if len(errs) > 0 {
+		return s, fmt.Errorf("%w:\n  %w", ErrInvalidConfig, joinIndented(errs))
+	}
+	return s, nil
+}
+
+func parseUnicastMAC(s string) ([6]byte, error) {
+	var out [6]byte
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return out, fmt.Errorf("%q is not a MAC address", s)
+	}
+	copy(out[:], hw)
+	if out[0]&1 != 0 || out == [6]byte{} {
+		return out, fmt.Errorf("%s is not a unicast address", hw)
+	}
+	return out, nil
+}
+
+type indented []error
+
+func (e indented) Error() string {
+	var b bytes.Buffer
+	for i, err := range e {
+		if i > 0 {
+			b.WriteString("\n  ")
+		}
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+func (e indented) Unwrap() []error { return e }
+
+func joinIndented(errs []error) error { return indented(errs) }

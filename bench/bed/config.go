@@ -1,0 +1,46 @@
+package bed
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// plainScalar matches the strings written unquoted into the agent's config.
+var plainScalar = regexp.MustCompile(`^[A-Za-z0-9/._-]+$`)
+
+// yamlString quotes s unless it is safe as a plain YAML scalar. A Go-quoted
+// string is a valid double-quoted YAML scalar.
+func yamlString(s string) string {
+	if plainScalar.MatchString(s) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// agentConfig is the agent's config for this bed, in the schema the agent
+// reads (see trunkline.yaml in the bed's state directory).
+func (b *Bed) agentConfig() string {
+	var s strings.Builder
+	fmt.Fprintf(&s, "# written by `trunkline bed up`; run the agent inside netns %s\n", b.Node.Netns)
+	fmt.Fprintf(&s, "trunk: %s\n", yamlString(b.Node.Trunk))
+	fmt.Fprintf(&s, "nodeIP: %s\n", b.Node.IP)
+	fmt.Fprintf(&s, "gatewayMAC: %q\n", b.Wire.MAC.String())
+	fmt.Fprintf(&s, "queues: 1\n")
+	fmt.Fprintf(&s, "xdpMode: native\n")
+	fmt.Fprintf(&s, "apiSocket: %s\n", yamlString(b.APISocket()))
+	fmt.Fprintf(&s, "pods:\n")
+	for _, p := range b.Pods {
+		fmt.Fprintf(&s, "  - name: %s\n", yamlString(p.Name))
+		fmt.Fprintf(&s, "    vlan: %d\n", p.VLAN)
+		fmt.Fprintf(&s, "    ip: %s\n", p.IP)
+		fmt.Fprintf(&s, "    mac: %q\n", p.MAC.String())
+		fmt.Fprintf(&s, "    hostVeth: %s\n", yamlString(p.HostVeth))
+	}
+	return s.String()
+}
+
+func (b *Bed) writeConfig() error {
+	return writeFileAtomic(b.ConfigPath, []byte(b.agentConfig()))
+}
