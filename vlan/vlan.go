@@ -24,10 +24,10 @@ const MaxAttachments = 4096
 // on the trunk are the pod's, and the pod's frames leave tagged VID.
 type Attachment struct {
 	// ID is the attachment's slot, stable while it exists, < MaxAttachments.
-	ID   uint16
-	VID  uint16
-	IP   [4]byte
-	MAC  [6]byte
+	ID  uint16
+	VID uint16
+	IP  [4]byte
+	MAC [6]byte
 	// HostMAC is the MAC of the pod's host veth: the pod's gateway, and the
 	// source of every frame the dataplane hands to the pod.
 	HostMAC [6]byte
