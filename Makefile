@@ -5,17 +5,27 @@ GOFLAGS  ?=
 LDFLAGS  := -s -w
 PKGS     := ./...
 
-.PHONY: all build test test-short demo bench generate lint clean sweep
+.PHONY: all build deps test test-short demo bench generate lint clean sweep
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
+# The programs the bed and the tests run; installed from Debian's packages
+# when missing (as root).
+TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3
+deps:
+	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 # The whole suite: pure tests, dataplane tests over in-memory ports, and the
 # privileged tests on real namespaces (they refuse to skip when CI=true).
 # Each benchmark runs once so they keep compiling and running.
-test: build
+test: build deps
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 5m $(PKGS)
@@ -26,10 +36,10 @@ test-short:
 	$(GO) test -short -count=1 $(PKGS)
 
 # The main job on the embedded default: a bed with 3 pods, the agent, real traffic.
-demo: build
+demo: build deps
 	$(BIN)/trunkline demo
 
-bench: build
+bench: build deps
 	$(BIN)/trunkline bench throughput
 
 # Regenerate the BPF objects from their C sources (needs clang and libbpf-dev).
