@@ -294,6 +294,11 @@ func TestForwardingThroughTheAgent(t *testing.T) {
 		if took > time.Second {
 			t.Errorf("agent took %s to exit", took)
 		}
+		for _, ifn := range []string{b.Node.Trunk, b.Pods[0].HostVeth} {
+			if xdpAttached(t, b.Node.Netns, ifn) {
+				t.Errorf("an XDP program is still attached to %s after the agent exited", ifn)
+			}
+		}
 		c := dial(t, b.Wire.Netns, "udp", netip.AddrPortFrom(b.Pods[0].IP, 9000))
 		if err := udpRoundTrip(c, []byte("anyone?"), 500*time.Millisecond); err == nil {
 			t.Error("a pod answered with the agent stopped: traffic bypasses the agent")
