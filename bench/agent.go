@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trunkline/trunkline/bench/agentproc"
+	"github.com/trunkline/trunkline/bench/bed"
+)
+
+// agentReadyTimeout bounds the wait for an agent's /readyz.
+const agentReadyTimeout = 15 * time.Second
+
+// agentProc is a trunkline agent running inside the bed's node namespace.
+type agentProc struct {
+	*agentproc.Proc
+	out *lockedBuffer
+}
+
+// startAgent runs `trunkline run --config … [--worker-cpus cpu]` inside the
+// node namespace and waits until /readyz answers 200 on the bed's API
+// socket. A cpu < 0 leaves the worker unpinned.
+func startAgent(ctx context.Context, b *bed.Bed, binary string, cpu int) (*agentProc, error) {
+	var args []string
+	if cpu >= 0 {
+		args = append(args, "--worker-cpus", strconv.Itoa(cpu))
+	}
+	out := &lockedBuffer{}
+	p, err := agentproc.Start(ctx, agentproc.Options{
+		Binary: binary, Netns: b.Node.Netns, Config: b.ConfigPath, Socket: b.APISocket(),
+		Args: args, Log: out, ReadyTimeout: agentReadyTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, out.tail())
+	}
+	return &agentProc{Proc: p, out: out}, nil
+}
+
+// pid is the agent's process id (ip netns exec execs the agent in place).
+func (a *agentProc) pid() int { return a.Pid() }
+
+// threads lists the agent's threads: id → name.
+func (a *agentProc) threads() map[int]string {
+	dir := "/proc/" + strconv.Itoa(a.pid()) + "/task"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	m := map[int]string{}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile(dir + "/" + e.Name() + "/comm")
+		m[tid] = strings.TrimSpace(string(comm))
+	}
+	return m
+}
+
+// stop sends SIGTERM, waits up to 3 s, then kills. Repeating it is fine.
+func (a *agentProc) stop() error {
+	_, err := a.Stop(3 * time.Second)
+	return err
+}
+
+// lockedBuffer collects a process's output.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.buf.Len() > 1<<20 {
+		l.buf.Reset()
+	}
+	return l.buf.Write(p)
+}
+
+// tail is the last lines of the output.
+func (l *lockedBuffer) tail() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := strings.TrimSpace(l.buf.String())
+	if len(s) > 2000 {
+		s = "…" + s[len(s)-2000:]
+	}
+	if s == "" {
+		return "(no output)"
+	}
+	return s
+}

@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// The bench's traffic generator and sink.
+//
+//   gen_frame  run with BPF_PROG_TEST_RUN in live-frames mode
+//              (BPF_F_TEST_XDP_LIVE_FRAMES): rewrites the frame's headers
+//              from the template in cfg, sets the UDP source port from a
+//              per-CPU counter, and returns XDP_TX, so the kernel sends the
+//              frame out of the ingress interface given in the run's context.
+//              The kernel recycles the pages of live frames after the
+//              receiver has changed them (tag popped, MACs rewritten), so
+//              every header byte is written on every run.
+//   sink       attached to the receiving interface: counts and drops the
+//              bench's frames (IPv4 UDP to cfg's port, tagged or not) and
+//              passes everything else (ARP must still work).
+//   sink_tc    the same as a tc (TCX ingress) program, for interfaces that
+//              must not run XDP: an XDP program on a veth makes the kernel
+//              copy every skb it receives into a page-pool page first.
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_HLEN 14
+#define VLAN_HLEN 4
+#define IP_HLEN 20
+#define UDP_HLEN 8
+#define ETH_P_IP 0x0800
+#define ETH_P_8021Q 0x8100
+#define IPPROTO_UDP 17
+
+// The longest header template: Ethernet + 802.1Q + IPv4 + UDP.
+#define MAX_HDR (ETH_HLEN + VLAN_HLEN + IP_HLEN + UDP_HLEN)
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+// Set by the loader before the programs are loaded.
+volatile const __u8 hdr[MAX_HDR];   // header template, hdr_len bytes used
+volatile const __u32 hdr_len = MAX_HDR; // 42 untagged, 46 tagged
+volatile const __u32 sport_off = MAX_HDR - UDP_HLEN; // UDP source port offset in hdr
+volatile const __u16 sport_base = 1024;
+volatile const __u16 flows = 1;     // distinct source ports, >= 1
+volatile const __u16 sink_dport = 9; // the sink counts UDP to this port
+
+// gen_count[0]: frames the generator offered on this CPU.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_count SEC(".maps");
+
+// sink_count[0]: bench frames seen; [1]: other frames passed.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} sink_count SEC(".maps");
+
+SEC("xdp")
+int gen_frame(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 key = 0;
+	__u64 *n = bpf_map_lookup_elem(&gen_count, &key);
+	if (!n)
+		return XDP_ABORTED;
+	if (data + MAX_HDR > data_end)
+		return XDP_ABORTED;
+
+	__u8 *p = data;
+#pragma unroll
+	for (int i = 0; i < MAX_HDR; i++) {
+		if (i < hdr_len)
+			p[i] = hdr[i];
+	}
+	__u64 c = *n;
+	*n = c + 1;
+	__u16 sport = sport_base + (__u16)(c % flows);
+	__u32 off = sport_off;
+	if (off > MAX_HDR - 2)
+		return XDP_ABORTED;
+	__be16 *sp = (void *)(p + off);
+	if ((void *)(sp + 1) > data_end)
+		return XDP_ABORTED;
+	*sp = bpf_htons(sport);
+	return XDP_TX;
+}
+
+// is_bench_frame says whether data..data_end is one of the generator's
+// frames.
+static __always_inline int is_bench_frame(void *data, void *data_end)
+{
+	__u8 *p = data;
+	__u32 l3 = ETH_HLEN;
+
+	// The shortest frame the generator makes is longer than this.
+	if (data + ETH_HLEN + VLAN_HLEN + IP_HLEN + UDP_HLEN > data_end)
+		return 0;
+	__be16 type = *(__be16 *)(p + 12);
+	if (type == bpf_htons(ETH_P_8021Q)) {
+		type = *(__be16 *)(p + 16);
+		l3 += VLAN_HLEN;
+	}
+	if (type != bpf_htons(ETH_P_IP))
+		return 0;
+	__u8 *ip = p + l3;
+	if (ip[0] != 0x45 || ip[9] != IPPROTO_UDP)
+		return 0;
+	__be16 dport = *(__be16 *)(ip + IP_HLEN + 2);
+	return dport == bpf_htons(sink_dport);
+}
+
+// count adds one to sink_count[bench ? 0 : 1].
+static __always_inline void count(int bench)
+{
+	__u32 key = bench ? 0 : 1;
+	__u64 *n = bpf_map_lookup_elem(&sink_count, &key);
+	if (n)
+		*n += 1;
+}
+
+SEC("xdp")
+int sink(struct xdp_md *ctx)
+{
+	int bench = is_bench_frame((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	count(bench);
+	return bench ? XDP_DROP : XDP_PASS;
+}
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+
+SEC("tc")
+int sink_tc(struct __sk_buff *skb)
+{
+	// The kernel may have moved a tag into skb metadata: then the frame
+	// in data is untagged, which is_bench_frame handles.
+	int bench = is_bench_frame((void *)(long)skb->data, (void *)(long)skb->data_end);
+	count(bench);
+	return bench ? TC_ACT_SHOT : TC_ACT_OK;
+}

@@ -1,0 +1,114 @@
+package gen
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/trunkline/trunkline/internal/privtest"
+)
+
+var testSpec = FrameSpec{
+	SrcMAC: net.HardwareAddr{0x02, 0, 0x0a, 0x64, 0, 1},
+	DstMAC: net.HardwareAddr{0x02, 0, 0x0a, 0x64, 0, 2},
+	VLAN:   101,
+	SrcIP:  netip.MustParseAddr("10.100.0.1"),
+	DstIP:  netip.MustParseAddr("10.100.1.1"),
+	Flows:  16,
+}
+
+func TestFrame(t *testing.T) {
+	for _, size := range []int{64, 512, 1500} {
+		for _, vlan := range []uint16{0, 101} {
+			s := testSpec
+			s.Bytes, s.VLAN = size, vlan
+			f, err := s.Frame()
+			if err != nil {
+				t.Fatalf("%d bytes vlan %d: %v", size, vlan, err)
+			}
+			if len(f) != size {
+				t.Errorf("%d bytes vlan %d: got %d bytes", size, vlan, len(f))
+			}
+			p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+			if el := p.ErrorLayer(); el != nil {
+				t.Fatalf("%d bytes vlan %d: decode: %v", size, vlan, el.Error())
+			}
+			ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+			udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+			if ip == nil || udp == nil {
+				t.Fatalf("%d bytes vlan %d: no IPv4/UDP in %x", size, vlan, f)
+			}
+			if got := ip.Checksum; got != checksumOf(t, ip) {
+				t.Errorf("%d bytes vlan %d: IPv4 checksum %#x, want %#x", size, vlan, got, checksumOf(t, ip))
+			}
+			if udp.DstPort != DefaultDstPort || udp.SrcPort != DefaultSrcPortBase || udp.Checksum != 0 {
+				t.Errorf("%d bytes vlan %d: UDP %v", size, vlan, udp)
+			}
+			if q := p.Layer(layers.LayerTypeDot1Q); (q != nil) != (vlan != 0) {
+				t.Errorf("%d bytes vlan %d: 802.1Q layer present = %v", size, vlan, q != nil)
+			}
+		}
+	}
+	if _, err := (FrameSpec{Bytes: 40}).Frame(); err == nil {
+		t.Error("a 40-byte spec without MACs or addresses built a frame")
+	}
+}
+
+// checksumOf recomputes ip's header checksum with gopacket.
+func checksumOf(t *testing.T, ip *layers.IPv4) uint16 {
+	buf := gopacket.NewSerializeBuffer()
+	c := *ip
+	if err := c.SerializeTo(buf, gopacket.SerializeOptions{ComputeChecksums: true}); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	return uint16(b[10])<<8 | uint16(b[11])
+}
+
+// TestGeneratorSink sends frames across one veth pair for about a second and
+// checks the sink counted them and the generator offered at least as many.
+func TestGeneratorSink(t *testing.T) {
+	ns := privtest.Netns(t, "tlgentest")
+	privtest.Run(t, "ip", "-n", ns, "link", "add", "gena", "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "genb", "numtxqueues", "1", "numrxqueues", "1")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "gena", "up")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "genb", "up")
+
+	sink, err := AttachSink(ns, "genb", 0, SinkXDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	g, err := NewGenerator(testSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := g.Run(ctx, RunOptions{Netns: ns, Ifname: "gena", CPU: 0, Until: time.Now().Add(time.Second), Repeat: MinRepeat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := sink.Count()
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed, _ := sink.Passed()
+	t.Logf("runs %d, offered %d (%.2f Mpps), sink counted %d, passed %d other frames, in %v",
+		st.Runs, st.Offered, float64(st.Offered)/st.Elapsed.Seconds()/1e6, got, passed, st.Elapsed.Round(time.Millisecond))
+	if got == 0 {
+		t.Fatal("the sink counted no frames")
+	}
+	if st.Offered < uint64(st.Runs)*MinRepeat {
+		t.Errorf("offered %d frames in %d runs of %d", st.Offered, st.Runs, MinRepeat)
+	}
+	if got > st.Offered {
+		t.Errorf("the sink counted %d frames, more than the %d offered", got, st.Offered)
+	}
+}
