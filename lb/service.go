@@ -1,0 +1,288 @@
+// Package lb is trunkline's Service load balancer: the table of Service
+// frontends (ClusterIP, NodePort, ExternalIP, LoadBalancer ingress) and
+// their backends, built off the hot path from ServiceSpecs and published as
+// an immutable snapshot, and the choice of a backend for a new flow
+// (Maglev, session affinity).
+package lb
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/trunkline/trunkline/lb/maglev"
+)
+
+// IP protocol numbers of the Services' frontends.
+const (
+	TCP uint8 = 6
+	UDP uint8 = 17
+)
+
+// Frontend is what a packet's destination is matched against.
+type Frontend struct {
+	IP    [4]byte
+	Port  uint16
+	Proto uint8
+}
+
+func (f Frontend) String() string {
+	return fmt.Sprintf("%s:%d/%s", netip.AddrFrom4(f.IP), f.Port, ProtoName(f.Proto))
+}
+
+// ProtoName is "tcp", "udp" or the number.
+func ProtoName(p uint8) string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprint(p)
+}
+
+// Kind says how a frontend is reached.
+type Kind uint8
+
+const (
+	ClusterIP Kind = iota
+	NodePort
+	ExternalIP
+	LoadBalancer
+)
+
+func (k Kind) String() string {
+	return [...]string{"ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"}[k]
+}
+
+// Backend is one endpoint of a Service port.
+type Backend struct {
+	IP   [4]byte
+	Port uint16
+	// Ready endpoints get new flows. Serving but not ready endpoints
+	// (terminating) keep their flows and get no new ones.
+	Ready, Serving bool
+	// Local is set for endpoints on this node.
+	Local bool
+	// Weight scales the share of new flows (default 1).
+	Weight uint32
+}
+
+func (b Backend) key() string {
+	return fmt.Sprintf("%s:%d", netip.AddrFrom4(b.IP), b.Port)
+}
+
+// ServiceSpec is one Service port as a source (the config file, the
+// Kubernetes watch) describes it.
+type ServiceSpec struct {
+	// Name is namespace/name:port for people and metrics.
+	Name     string
+	Proto    uint8
+	Port     uint16
+	NodePort uint16 // 0: none
+	// ClusterIPs, ExternalIPs and LoadBalancerIPs are IPv4 frontends on Port.
+	ClusterIPs, ExternalIPs, LoadBalancerIPs []netip.Addr
+	Backends                                 []Backend
+	// ExternalLocal is externalTrafficPolicy: Local: external frontends
+	// (NodePort, ExternalIP, LoadBalancer) use node-local backends only,
+	// without SNAT, so backends see the client's IP.
+	ExternalLocal bool
+	// Affinity is sessionAffinity: ClientIP's timeout; 0 is none.
+	Affinity time.Duration
+}
+
+// Service is a built Service port: its backends in Maglev order and its
+// tables. Immutable.
+type Service struct {
+	ID       uint32
+	Name     string
+	Proto    uint8
+	Affinity time.Duration
+	// Backends in the order the tables index them (sorted by address).
+	Backends []Backend
+	all      *maglev.Table // ready backends
+	local    *maglev.Table // ready node-local backends (ExternalLocal)
+	// ExternalLocal as in ServiceSpec.
+	ExternalLocal bool
+}
+
+// Pick chooses a backend for a new flow with hash h: an index into
+// Backends, or -1 when none can take new flows. External frontends of an
+// ExternalLocal Service pick among node-local backends only.
+func (s *Service) Pick(h uint64, external bool) int {
+	if external && s.ExternalLocal {
+		return s.local.Lookup(h)
+	}
+	return s.all.Lookup(h)
+}
+
+// Bytes is the memory the Service's tables hold.
+func (s *Service) Bytes() int { return s.all.Bytes() + s.local.Bytes() }
+
+// FrontendEntry is what a frontend maps to.
+type FrontendEntry struct {
+	Service *Service
+	Kind    Kind
+}
+
+// External reports whether the frontend is reached from outside the
+// cluster (NodePort, ExternalIP, LoadBalancer): externalTrafficPolicy
+// applies to it.
+func (e FrontendEntry) External() bool { return e.Kind != ClusterIP }
+
+// Table maps frontends to Services. It is immutable once built; the control
+// plane builds a new one and swaps it in atomically.
+type Table struct {
+	frontends map[Frontend]FrontendEntry
+	vips      map[[4]byte]struct{}
+	services  []*Service
+}
+
+// Lookup finds the Service behind a destination; ok is false for none.
+func (t *Table) Lookup(f Frontend) (FrontendEntry, bool) {
+	e, ok := t.frontends[f]
+	return e, ok
+}
+
+// IsVIP reports whether ip is a frontend address of any Service (other than
+// the node's own, which NodePorts use).
+func (t *Table) IsVIP(ip [4]byte) bool {
+	_, ok := t.vips[ip]
+	return ok
+}
+
+// VIPs returns every frontend address but the node's, for the XDP program.
+func (t *Table) VIPs() [][4]byte {
+	out := make([][4]byte, 0, len(t.vips))
+	for ip := range t.vips {
+		out = append(out, ip)
+	}
+	slices.SortFunc(out, func(a, b [4]byte) int { return slices.Compare(a[:], b[:]) })
+	return out
+}
+
+// Services returns the Services by ID.
+func (t *Table) Services() []*Service { return t.services }
+
+// Len is the number of frontends.
+func (t *Table) Len() int { return len(t.frontends) }
+
+// ErrInvalidService is wrapped by Build's errors.
+var ErrInvalidService = errors.New("invalid service")
+
+// Build builds a table for a node whose address is nodeIP (NodePort
+// frontends are nodeIP:nodePort), with Maglev tables of at least tableSize
+// entries (maglev.DefaultSize if 0; more for Services with many backends,
+// see maglev.SizeFor). Service IDs are indices into specs, stable
+// as long as the specs' order is. It reports every invalid spec together.
+func Build(nodeIP netip.Addr, specs []ServiceSpec, tableSize int) (*Table, error) {
+	if tableSize == 0 {
+		tableSize = maglev.DefaultSize
+	}
+	t := &Table{frontends: make(map[Frontend]FrontendEntry, len(specs)), vips: map[[4]byte]struct{}{}}
+	var errs []error
+	for i, sp := range specs {
+		svc, err := buildService(uint32(i), sp, tableSize)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("service %q: %w", sp.Name, err))
+			continue
+		}
+		t.services = append(t.services, svc)
+		add := func(ip netip.Addr, port uint16, kind Kind) {
+			if !ip.Is4() {
+				errs = append(errs, fmt.Errorf("service %q: %s frontend %s is not IPv4", sp.Name, kind, ip))
+				return
+			}
+			f := Frontend{IP: ip.As4(), Port: port, Proto: sp.Proto}
+			if prev, ok := t.frontends[f]; ok {
+				errs = append(errs, fmt.Errorf("service %q: frontend %s is also service %q's", sp.Name, f, prev.Service.Name))
+				return
+			}
+			t.frontends[f] = FrontendEntry{Service: svc, Kind: kind}
+			if kind != NodePort {
+				t.vips[f.IP] = struct{}{}
+			}
+		}
+		for _, ip := range sp.ClusterIPs {
+			add(ip, sp.Port, ClusterIP)
+		}
+		for _, ip := range sp.ExternalIPs {
+			add(ip, sp.Port, ExternalIP)
+		}
+		for _, ip := range sp.LoadBalancerIPs {
+			add(ip, sp.Port, LoadBalancer)
+		}
+		if sp.NodePort != 0 {
+			add(nodeIP, sp.NodePort, NodePort)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidService, errors.Join(errs...))
+	}
+	return t, nil
+}
+
+func buildService(id uint32, sp ServiceSpec, size int) (*Service, error) {
+	if sp.Proto != TCP && sp.Proto != UDP {
+		return nil, fmt.Errorf("protocol %d: want TCP or UDP", sp.Proto)
+	}
+	if sp.Port == 0 {
+		return nil, errors.New("port 0")
+	}
+	bs := slices.Clone(sp.Backends)
+	slices.SortFunc(bs, func(a, b Backend) int {
+		if c := slices.Compare(a.IP[:], b.IP[:]); c != 0 {
+			return c
+		}
+		return int(a.Port) - int(b.Port)
+	})
+	size = maglev.SizeFor(len(bs), size)
+	all := make([]maglev.Backend, len(bs))
+	local := make([]maglev.Backend, len(bs))
+	for i, b := range bs {
+		if b.Port == 0 {
+			return nil, fmt.Errorf("backend %s: port 0", b.key())
+		}
+		w := b.Weight
+		if w == 0 {
+			w = 1
+		}
+		if !b.Ready {
+			w = 0
+		}
+		all[i] = maglev.Backend{Key: b.key(), Weight: w}
+		local[i] = all[i]
+		if !b.Local {
+			local[i].Weight = 0
+		}
+	}
+	s := &Service{ID: id, Name: sp.Name, Proto: sp.Proto, Affinity: sp.Affinity, Backends: bs, ExternalLocal: sp.ExternalLocal}
+	var err error
+	if s.all, err = maglev.New(all, size); err != nil {
+		return nil, err
+	}
+	if sp.ExternalLocal {
+		if s.local, err = maglev.New(local, size); err != nil {
+			return nil, err
+		}
+	} else {
+		s.local = s.all
+	}
+	return s, nil
+}
+
+// Describe is a one-line summary for logs.
+func (s *Service) Describe() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s ->", s.Name, ProtoName(s.Proto))
+	for _, be := range s.Backends {
+		fmt.Fprintf(&b, " %s", be.key())
+		if !be.Ready {
+			b.WriteString("(terminating)")
+		}
+	}
+	return b.String()
+}
