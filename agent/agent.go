@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/trunkline/trunkline/dataplane"
 	"github.com/trunkline/trunkline/vlan"
@@ -169,7 +170,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			cpu = cfg.WorkerCPUs[i%len(cfg.WorkerCPUs)]
 		}
 		ws.done = make(chan error, 1)
-		go func() { ws.done <- runPinned(wctx, ws.w, cpu) }()
+		go func() { ws.done <- a.runWorker(wctx, ws.w, cpu) }()
 	}
 	cleanup = append(cleanup, func() error {
 		stopWorkers()
@@ -197,8 +198,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// runPinned runs a worker on a locked OS thread, pinned to cpu if >= 0.
-func runPinned(ctx context.Context, w *dataplane.Worker, cpu int) error {
+// runWorker runs a worker on a locked OS thread, pinned to cpu if >= 0,
+// with the configured scheduling policy.
+func (a *Agent) runWorker(ctx context.Context, w *dataplane.Worker, cpu int) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if cpu >= 0 {
@@ -208,7 +210,28 @@ func runPinned(ctx context.Context, w *dataplane.Worker, cpu int) error {
 			return fmt.Errorf("pin worker to CPU %d: %w", cpu, err)
 		}
 	}
+	if a.s.cfg.WorkerPolicy == "fifo" {
+		if err := setFIFO(a.s.cfg.WorkerPriority); err != nil {
+			a.log.Warn("worker keeps normal scheduling: SCHED_FIFO needs CAP_SYS_NICE; a worker sharing a core with the trunk's NAPI thread then loses frames the kernel received for it",
+				"err", err)
+		}
+	}
 	return w.Run(ctx)
+}
+
+// setFIFO makes the calling thread SCHED_FIFO at prio. A worker that
+// shares a core with the NAPI thread feeding it must run first: otherwise
+// the NAPI thread, at equal weight, keeps receiving frames into a full RX
+// ring and they are dropped after the work of receiving them (receive
+// livelock). The worker blocks whenever its rings are empty, and its
+// Config.MaxBusy bounds how long it runs without blocking, so it cannot
+// starve its core.
+func setFIFO(prio int) error {
+	param := struct{ prio int32 }{int32(prio)}
+	if _, _, e := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, unix.SCHED_FIFO, uintptr(unsafe.Pointer(&param))); e != 0 {
+		return e
+	}
+	return nil
 }
 
 func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {

@@ -39,6 +39,12 @@ type Config struct {
 	APISocket string `yaml:"apiSocket"`
 	// WorkerCPUs pins worker i to WorkerCPUs[i % len]; empty: not pinned.
 	WorkerCPUs []int `yaml:"workerCPUs"`
+	// WorkerPolicy is the workers' scheduling: "fifo" (default: SCHED_FIFO
+	// at WorkerPriority, so a worker takes frames before the kernel's NAPI
+	// thread on its core receives more than it can take) or "normal".
+	WorkerPolicy string `yaml:"workerPolicy"`
+	// WorkerPriority is the SCHED_FIFO priority, 1..99 (default 1).
+	WorkerPriority int `yaml:"workerPriority"`
 	// Batch is the descriptors per ring operation (default 64).
 	Batch int `yaml:"batch"`
 	// UMEM sizes each worker's frame memory.
@@ -111,6 +117,12 @@ func (c *Config) setDefaults() {
 	if c.APISocket == "" {
 		c.APISocket = DefaultAPISocket
 	}
+	if c.WorkerPolicy == "" {
+		c.WorkerPolicy = "fifo"
+	}
+	if c.WorkerPriority == 0 {
+		c.WorkerPriority = 1
+	}
 	if c.UMEM.Frames == 0 {
 		c.UMEM.Frames = 8192
 	}
@@ -158,6 +170,12 @@ func (c Config) validate() (settings, error) {
 		if cpu < 0 || cpu >= 1024 {
 			bad(fmt.Sprintf("workerCPUs[%d]", i), "%d: not a CPU number", cpu)
 		}
+	}
+	if c.WorkerPolicy != "fifo" && c.WorkerPolicy != "normal" {
+		bad("workerPolicy", "%q: want fifo or normal", c.WorkerPolicy)
+	}
+	if c.WorkerPriority < 1 || c.WorkerPriority > 99 {
+		bad("workerPriority", "%d: want 1..99", c.WorkerPriority)
 	}
 	if c.Batch != 0 && (c.Batch < 1 || c.Batch > 1024) {
 		bad("batch", "%d: want 1..1024", c.Batch)

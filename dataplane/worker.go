@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/trunkline/trunkline/dataplane/port"
 	"github.com/trunkline/trunkline/internal/packet"
@@ -35,6 +36,8 @@ type Counters struct {
 	Batches, Frames atomic.Uint64
 	// Polls counts blocking waits.
 	Polls atomic.Uint64
+	// Pauses counts the sleeps MaxBusy forced.
+	Pauses atomic.Uint64
 }
 
 // Config wires a worker.
@@ -54,6 +57,11 @@ type Config struct {
 	GatewayMAC [6]byte
 	// Batch is the descriptors per ring operation; default DefaultBatch.
 	Batch int
+	// MaxBusy bounds how long the worker runs without blocking; then it
+	// sleeps BusyPause, so that a worker with real-time priority never
+	// starves the threads that share its core (among them the NAPI thread
+	// that feeds it). Defaults 2 ms and 100 µs.
+	MaxBusy, BusyPause time.Duration
 }
 
 // Worker runs the pipeline for one trunk queue. Its ports, its batch buffers
@@ -67,6 +75,8 @@ type Worker struct {
 	vlanTable *atomic.Pointer[vlan.Table]
 	gateway   [6]byte
 	batch     int
+	maxBusy   time.Duration
+	busyPause time.Duration
 
 	ports   []*out // by port index; nil where none
 	touched []int  // ports to flush after this round
@@ -113,6 +123,12 @@ func New(c Config) (*Worker, error) {
 	if c.Batch == 0 {
 		c.Batch = DefaultBatch
 	}
+	if c.MaxBusy == 0 {
+		c.MaxBusy = 2 * time.Millisecond
+	}
+	if c.BusyPause == 0 {
+		c.BusyPause = 100 * time.Microsecond
+	}
 	if c.Batch < 1 || c.Batch > 1024 {
 		errs = append(errs, fmt.Errorf("batch %d: want 1..1024", c.Batch))
 	}
@@ -135,6 +151,8 @@ func New(c Config) (*Worker, error) {
 		vlanTable: c.VLAN,
 		gateway:   c.GatewayMAC,
 		batch:     c.Batch,
+		maxBusy:   c.MaxBusy,
+		busyPause: c.BusyPause,
 		ports:     make([]*out, 1+vlan.MaxAttachments),
 		rx:        make([]port.Desc, c.Batch),
 		drop:      make([]port.Desc, 0, c.Batch),
@@ -219,6 +237,10 @@ func (w *Worker) do(fn func()) {
 // take back completed frames a port still had in flight).
 var idleWaits = [...]int{1, 10, 1000}
 
+// blockedWait is how long a Wait must take to count as having blocked (a
+// wait that finds a readable port returns in a few microseconds).
+const blockedWait = 20 * time.Microsecond
+
 // Run processes frames until ctx ends, blocking in the poller while every
 // port is idle. It returns nil when ctx ends.
 func (w *Worker) Run(ctx context.Context) error {
@@ -242,6 +264,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	idle := 0
+	busySince := time.Now() // when the worker last blocked
 	for ctx.Err() == nil {
 		for len(w.ctl) > 0 {
 			(<-w.ctl)()
@@ -251,9 +274,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			timeout = idleWaits[min(idle, len(idleWaits))-1]
 			w.counters.Polls.Add(1)
 		}
+		before := time.Now()
 		n, err := w.poller.Wait(w.ready, timeout)
 		if err != nil {
 			return err
+		}
+		after := time.Now()
+		if after.Sub(before) > blockedWait {
+			busySince = after // it blocked: others had the core
 		}
 		if n == 0 {
 			if idle > 0 {
@@ -273,6 +301,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			idle = 0
 		} else {
 			idle = 1
+		}
+		if time.Since(busySince) > w.maxBusy {
+			w.counters.Pauses.Add(1)
+			time.Sleep(w.busyPause)
+			busySince = time.Now()
 		}
 	}
 	return nil
