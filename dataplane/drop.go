@@ -6,8 +6,9 @@ type DropReason uint8
 
 // Drop reasons. Their String forms are metric label values: keep them stable.
 const (
-	// DropUntagged: an untagged frame reached the trunk socket (the trunk
-	// program passes those to the kernel; seen only in generic mode races).
+	// DropUntagged: an untagged frame reached the trunk socket though the
+	// agent serves no Service (the trunk program passes the node's own
+	// traffic to the kernel).
 	DropUntagged DropReason = iota
 	// DropPriorityTagged: a VID 0 frame reached the trunk socket; 802.1Q
 	// treats it as untagged, so it belongs to the node's kernel.
@@ -35,24 +36,46 @@ const (
 	DropUnknownPod
 	// DropNoHeadroom: no room in the frame's slot to push a tag.
 	DropNoHeadroom
+	// DropNoService: a packet steered to a Service frontend that has no
+	// such port or protocol.
+	DropNoService
+	// DropNATFragment: an IP fragment of a translated flow; fragments are
+	// not reassembled.
+	DropNATFragment
+	// DropSNATExhausted: no free SNAT port toward this remote address and
+	// port; only the new flow is dropped.
+	DropSNATExhausted
+	// DropConntrackFull: the connection table is full of live flows.
+	DropConntrackFull
+	// DropConntrackInvalid: a packet that cannot start a flow (a TCP
+	// segment other than SYN or ACK) for a flow the table does not know.
+	DropConntrackInvalid
+	// DropConntrackClash: a new flow's reply tuple is another flow's.
+	DropConntrackClash
 
 	NumDropReasons
 )
 
 var dropNames = [NumDropReasons]string{
-	DropUntagged:       "untagged",
-	DropPriorityTagged: "priority_tagged",
-	DropQinQ:           "qinq",
-	DropUnknownVID:     "unknown_vid",
-	DropMalformed:      "malformed",
-	DropSpoofedSource:  "spoofed_source",
-	DropTaggedFromPod:  "tagged_from_pod",
-	DropIPv6:           "ipv6",
-	DropUnsupported:    "unsupported_ethertype",
-	DropNoTxRoom:       "no_tx_room",
-	DropNoPort:         "no_port",
-	DropUnknownPod:     "unknown_pod",
-	DropNoHeadroom:     "no_headroom",
+	DropUntagged:         "untagged",
+	DropPriorityTagged:   "priority_tagged",
+	DropQinQ:             "qinq",
+	DropUnknownVID:       "unknown_vid",
+	DropMalformed:        "malformed",
+	DropSpoofedSource:    "spoofed_source",
+	DropTaggedFromPod:    "tagged_from_pod",
+	DropIPv6:             "ipv6",
+	DropUnsupported:      "unsupported_ethertype",
+	DropNoTxRoom:         "no_tx_room",
+	DropNoPort:           "no_port",
+	DropUnknownPod:       "unknown_pod",
+	DropNoHeadroom:       "no_headroom",
+	DropNoService:        "no_service",
+	DropNATFragment:      "nat_fragment",
+	DropSNATExhausted:    "snat_exhausted",
+	DropConntrackFull:    "conntrack_full",
+	DropConntrackInvalid: "conntrack_invalid",
+	DropConntrackClash:   "conntrack_clash",
 }
 
 func (r DropReason) String() string {

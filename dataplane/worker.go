@@ -14,6 +14,8 @@ import (
 
 	"github.com/trunkline/trunkline/dataplane/port"
 	"github.com/trunkline/trunkline/internal/packet"
+	"github.com/trunkline/trunkline/lb"
+	"github.com/trunkline/trunkline/lb/conntrack"
 	"github.com/trunkline/trunkline/vlan"
 )
 
@@ -38,6 +40,9 @@ type Counters struct {
 	Polls atomic.Uint64
 	// Pauses counts the sleeps MaxBusy forced.
 	Pauses atomic.Uint64
+	// Rejects counts packets to a Service without a usable backend,
+	// answered with a TCP RST or an ICMP port unreachable.
+	Rejects atomic.Uint64
 }
 
 // Config wires a worker.
@@ -57,6 +62,21 @@ type Config struct {
 	GatewayMAC [6]byte
 	// Batch is the descriptors per ring operation; default DefaultBatch.
 	Batch int
+	// Services is the Service table, shared by all workers and replaced
+	// by the control plane with an atomic swap; nil: no Services.
+	Services *atomic.Pointer[lb.Table]
+	// Conntrack is the connection table of translated flows, shared by
+	// all workers. Required with Services.
+	Conntrack *conntrack.Table
+	// Epoch is the zero of the conntrack clock, the same for every worker
+	// and for whoever expires the table.
+	Epoch time.Time
+	// NodeIP and NodeMAC are the node's address on the trunk: the source
+	// of SNAT and of the frames the node itself sends.
+	NodeIP  [4]byte
+	NodeMAC [6]byte
+	// SNATPorts are the node ports SNAT uses.
+	SNATPorts PortRange
 	// MaxBusy bounds how long the worker runs without blocking; then it
 	// sleeps BusyPause, so that a worker with real-time priority never
 	// starves the threads that share its core (among them the NAPI thread
@@ -77,6 +97,15 @@ type Worker struct {
 	batch     int
 	maxBusy   time.Duration
 	busyPause time.Duration
+
+	services  *atomic.Pointer[lb.Table]
+	ct        *conntrack.Table
+	epoch     time.Time
+	now       conntrack.Time // once per batch
+	nodeIP    [4]byte
+	nodeMAC   [6]byte
+	snatPorts PortRange
+	scratch   [128]byte
 
 	ports   []*out // by port index; nil where none
 	touched []int  // ports to flush after this round
@@ -123,6 +152,12 @@ func New(c Config) (*Worker, error) {
 	if c.Batch == 0 {
 		c.Batch = DefaultBatch
 	}
+	if c.Services != nil && c.Conntrack == nil {
+		errs = append(errs, errors.New("services without a conntrack table"))
+	}
+	if c.Epoch.IsZero() {
+		c.Epoch = time.Now()
+	}
 	if c.MaxBusy == 0 {
 		c.MaxBusy = 2 * time.Millisecond
 	}
@@ -153,6 +188,12 @@ func New(c Config) (*Worker, error) {
 		batch:     c.Batch,
 		maxBusy:   c.MaxBusy,
 		busyPause: c.BusyPause,
+		services:  c.Services,
+		ct:        c.Conntrack,
+		epoch:     c.Epoch,
+		nodeIP:    c.NodeIP,
+		nodeMAC:   c.NodeMAC,
+		snatPorts: c.SNATPorts,
 		ports:     make([]*out, 1+vlan.MaxAttachments),
 		rx:        make([]port.Desc, c.Batch),
 		drop:      make([]port.Desc, 0, c.Batch),
@@ -364,6 +405,9 @@ func (w *Worker) receive(idx int) int {
 		return 0
 	}
 	w.touch(idx, in) // its fill ring wants refilling
+	if w.ct != nil {
+		w.now = conntrack.Time(time.Since(w.epoch))
+	}
 	var bytes uint64
 	tbl := w.vlanTable.Load()
 	if idx == trunkIndex {
@@ -444,6 +488,10 @@ func (w *Worker) fromTrunk(tbl *vlan.Table, d port.Desc) {
 	p.Decode(b)
 	switch {
 	case p.Tags == 0:
+		if w.services != nil && w.services.Load() != nil {
+			w.natFromTrunk(d, b)
+			return
+		}
 		w.dropFrame(d, DropUntagged)
 		return
 	case p.Tags > 1:
@@ -468,6 +516,14 @@ func (w *Worker) fromTrunk(tbl *vlan.Table, d port.Desc) {
 	b = vlan.Pop(b)
 	d.Addr += vlan.TagLen
 	d.Len -= vlan.TagLen
+	if p.EtherType == packet.EtherTypeIPv4 && w.services != nil {
+		// A reply from a backend elsewhere to a pod's Service flow.
+		if svcs := w.services.Load(); svcs != nil && svcs.IsRemoteBackend(p.Src) {
+			p.Decode(b)
+			w.nat(d, b, a)
+			return
+		}
+	}
 	copy(b[0:6], a.MAC[:])
 	copy(b[6:12], a.HostMAC[:])
 	w.enqueue(PodIndex(a.ID), d)
@@ -518,6 +574,12 @@ func (w *Worker) fromPod(tbl *vlan.Table, a *vlan.Attachment, d port.Desc) {
 		if p.Src != a.IP {
 			w.dropFrame(d, DropSpoofedSource)
 			return
+		}
+		if w.services != nil {
+			if svcs := w.services.Load(); svcs != nil && w.wantsNAT(svcs) {
+				w.nat(d, b, a)
+				return
+			}
 		}
 		dst = p.Dst
 	} else { // ARP

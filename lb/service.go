@@ -138,8 +138,30 @@ func (e FrontendEntry) External() bool { return e.Kind != ClusterIP }
 type Table struct {
 	frontends map[Frontend]FrontendEntry
 	vips      map[[4]byte]struct{}
+	nodePorts []Frontend
+	// endpoints are every backend (IP, port, protocol): a packet from one
+	// may be a reply to a translated flow.
+	endpoints map[Frontend]struct{}
+	// remoteIPs are backends' IPs not on this node: a packet from one to a
+	// local pod may be a reply to a pod's translated flow.
+	remoteIPs map[[4]byte]struct{}
 	services  []*Service
 }
+
+// IsEndpoint reports whether (ip, port, proto) is some Service's backend.
+func (t *Table) IsEndpoint(f Frontend) bool {
+	_, ok := t.endpoints[f]
+	return ok
+}
+
+// IsRemoteBackend reports whether ip is a backend on another node.
+func (t *Table) IsRemoteBackend(ip [4]byte) bool {
+	_, ok := t.remoteIPs[ip]
+	return ok
+}
+
+// NodePorts returns the NodePort frontends (on the node's address).
+func (t *Table) NodePorts() []Frontend { return t.nodePorts }
 
 // Lookup finds the Service behind a destination; ok is false for none.
 func (t *Table) Lookup(f Frontend) (FrontendEntry, bool) {
@@ -182,7 +204,8 @@ func Build(nodeIP netip.Addr, specs []ServiceSpec, tableSize int) (*Table, error
 	if tableSize == 0 {
 		tableSize = maglev.DefaultSize
 	}
-	t := &Table{frontends: make(map[Frontend]FrontendEntry, len(specs)), vips: map[[4]byte]struct{}{}}
+	t := &Table{frontends: make(map[Frontend]FrontendEntry, len(specs)), vips: map[[4]byte]struct{}{},
+		endpoints: map[Frontend]struct{}{}, remoteIPs: map[[4]byte]struct{}{}}
 	var errs []error
 	for i, sp := range specs {
 		svc, err := buildService(uint32(i), sp, tableSize)
@@ -204,6 +227,14 @@ func Build(nodeIP netip.Addr, specs []ServiceSpec, tableSize int) (*Table, error
 			t.frontends[f] = FrontendEntry{Service: svc, Kind: kind}
 			if kind != NodePort {
 				t.vips[f.IP] = struct{}{}
+			} else {
+				t.nodePorts = append(t.nodePorts, f)
+			}
+		}
+		for _, b := range svc.Backends {
+			t.endpoints[Frontend{IP: b.IP, Port: b.Port, Proto: sp.Proto}] = struct{}{}
+			if !b.Local {
+				t.remoteIPs[b.IP] = struct{}{}
 			}
 		}
 		for _, ip := range sp.ClusterIPs {

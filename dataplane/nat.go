@@ -1,0 +1,352 @@
+package dataplane
+
+import (
+	"encoding/binary"
+
+	"github.com/trunkline/trunkline/dataplane/port"
+	"github.com/trunkline/trunkline/internal/packet"
+	"github.com/trunkline/trunkline/lb"
+	"github.com/trunkline/trunkline/lb/conntrack"
+	"github.com/trunkline/trunkline/vlan"
+)
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Lo, Hi uint16 }
+
+// Contains reports whether p is in the range.
+func (r PortRange) Contains(p uint16) bool { return r.Lo != 0 && p >= r.Lo && p <= r.Hi }
+
+// Size is the number of ports in the range.
+func (r PortRange) Size() int {
+	if r.Lo == 0 || r.Hi < r.Lo {
+		return 0
+	}
+	return int(r.Hi) - int(r.Lo) + 1
+}
+
+// Flags a worker keeps in a connection's conntrack entry.
+const (
+	// flowFromTrunk: the client's packets came untagged on the trunk, so
+	// the replies leave that way.
+	flowFromTrunk uint16 = 1 << iota
+	// flowSNAT: the client's source was translated to the node's address.
+	flowSNAT
+)
+
+// maxSNATTries bounds the ports tried for one new flow.
+const maxSNATTries = 1024
+
+// natFromTrunk handles an untagged IPv4 frame the trunk program steered to
+// the socket: traffic to a Service frontend, or a reply to a translated
+// flow.
+func (w *Worker) natFromTrunk(d port.Desc, b []byte) {
+	w.nat(d, b, nil)
+}
+
+// wantsNAT reports whether a pod's IPv4 packet may belong to a translated
+// flow: to a Service frontend, from a Service backend (a reply), or to the
+// node's SNAT ports (a reply to a flow the node translated).
+func (w *Worker) wantsNAT(svcs *lb.Table) bool {
+	p := &w.pkt
+	if p.IPProto != lb.TCP && p.IPProto != lb.UDP {
+		return false
+	}
+	if p.Dst == w.nodeIP && w.snatPorts.Contains(p.DstPort) {
+		return true
+	}
+	if _, ok := svcs.Lookup(lb.Frontend{IP: p.Dst, Port: p.DstPort, Proto: p.IPProto}); ok {
+		return true
+	}
+	return svcs.IsEndpoint(lb.Frontend{IP: p.Src, Port: p.SrcPort, Proto: p.IPProto})
+}
+
+// nat translates a frame of a Service flow and forwards it. b is the
+// untagged frame at d and w.pkt its decoding; from is the pod that sent
+// it, or nil for the trunk.
+func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) {
+	p := &w.pkt
+	if p.EtherType != packet.EtherTypeIPv4 || p.Status != packet.StatusOK {
+		w.dropFrame(d, DropMalformed)
+		return
+	}
+	if p.Fragment {
+		w.dropFrame(d, DropNATFragment)
+		return
+	}
+	if p.IPProto != lb.TCP && p.IPProto != lb.UDP {
+		w.dropFrame(d, DropNoService)
+		return
+	}
+	key := conntrack.Key{SrcIP: p.Src, DstIP: p.Dst, SrcPort: p.SrcPort, DstPort: p.DstPort, Proto: p.IPProto}
+	c, dir, ok := w.ct.Lookup(key, p.TCPFlags, w.now)
+	if !ok {
+		if c, ok = w.newFlow(d, b, key, from); !ok {
+			return
+		}
+		dir = conntrack.DirOriginal
+	}
+	// The packet leaves as the inverse of the other direction's tuple.
+	out := c.Reply
+	if dir == conntrack.DirReply {
+		out = c.Orig
+	}
+	w.rewrite(b, out.DstIP, out.DstPort, out.SrcIP, out.SrcPort)
+	w.route(d, b, out.DstIP, out.SrcIP)
+}
+
+// newFlow starts a connection for a packet to a Service frontend: it picks
+// a backend, decides on SNAT and inserts the connection. It reports false
+// when the frame was dropped or answered.
+func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, from *vlan.Attachment) (conntrack.Conn, bool) {
+	svcs := w.services.Load()
+	e, ok := svcs.Lookup(lb.Frontend{IP: key.DstIP, Port: key.DstPort, Proto: key.Proto})
+	if !ok {
+		w.dropFrame(d, DropNoService)
+		return conntrack.Conn{}, false
+	}
+	svc := e.Service
+	h := flowHash(key)
+	if svc.Affinity > 0 {
+		h = mix64(uint64(binary.BigEndian.Uint32(key.SrcIP[:])))
+	}
+	idx := svc.Pick(h, e.External())
+	if idx < 0 {
+		w.reject(d, b)
+		return conntrack.Conn{}, false
+	}
+	be := svc.Backends[idx]
+	c := conntrack.Conn{
+		Orig:      key,
+		Reply:     conntrack.Key{SrcIP: be.IP, SrcPort: be.Port, DstIP: key.SrcIP, DstPort: key.SrcPort, Proto: key.Proto},
+		ServiceID: svc.ID,
+		Backend:   uint32(idx),
+	}
+	if from == nil {
+		c.Flags |= flowFromTrunk
+	}
+	// SNAT to the node when the backend's reply would not come back
+	// through here: external traffic under policy Cluster, a client from
+	// the trunk to a backend elsewhere, and a pod reaching itself
+	// (hairpin: it would answer itself directly).
+	snat := (e.External() && !svc.ExternalLocal) || (from == nil && !be.Local) || key.SrcIP == be.IP
+	if !snat {
+		return w.insert(d, c)
+	}
+	c.Flags |= flowSNAT
+	c.Reply.DstIP = w.nodeIP
+	n := w.snatPorts.Size()
+	if n == 0 {
+		w.dropFrame(d, DropSNATExhausted)
+		return conntrack.Conn{}, false
+	}
+	start := int(h>>32) % n
+	for i := 0; i < min(n, maxSNATTries); i++ {
+		c.Reply.DstPort = w.snatPorts.Lo + uint16((start+i)%n)
+		res, got := w.ct.Insert(c, w.pkt.TCPFlags, w.now)
+		switch {
+		case res.OK():
+			return got, true
+		case res == conntrack.Exists && got.Orig == key:
+			return got, true // another worker started this flow first
+		case res == conntrack.Exists:
+			continue // the port is taken for this remote
+		}
+		return w.insertFailed(d, res)
+	}
+	w.dropFrame(d, DropSNATExhausted)
+	return conntrack.Conn{}, false
+}
+
+func (w *Worker) insert(d port.Desc, c conntrack.Conn) (conntrack.Conn, bool) {
+	res, got := w.ct.Insert(c, w.pkt.TCPFlags, w.now)
+	switch {
+	case res.OK():
+		return got, true
+	case res == conntrack.Exists && got.Orig == c.Orig:
+		return got, true
+	case res == conntrack.Exists:
+		w.dropFrame(d, DropConntrackClash)
+		return conntrack.Conn{}, false
+	}
+	return w.insertFailed(d, res)
+}
+
+func (w *Worker) insertFailed(d port.Desc, res conntrack.InsertResult) (conntrack.Conn, bool) {
+	if res == conntrack.Full {
+		w.dropFrame(d, DropConntrackFull)
+	} else {
+		w.dropFrame(d, DropConntrackInvalid)
+	}
+	return conntrack.Conn{}, false
+}
+
+// rewrite sets the packet's addresses and ports, updating checksums
+// incrementally.
+func (w *Worker) rewrite(b []byte, src [4]byte, sport uint16, dst [4]byte, dport uint16) {
+	p := &w.pkt
+	ip := packet.IPv4(b[p.L3Off:])
+	l4 := b[p.L4Off:]
+	if src != p.Src {
+		packet.RewriteIPv4Src(ip, l4, src)
+	}
+	if dst != p.Dst {
+		packet.RewriteIPv4Dst(ip, l4, dst)
+	}
+	if sport != p.SrcPort {
+		packet.RewriteSrcPort(ip, l4, sport)
+	}
+	if dport != p.DstPort {
+		packet.RewriteDstPort(ip, l4, dport)
+	}
+}
+
+// route sends an untagged, translated frame toward dst: to a local pod
+// straight across; elsewhere out of the trunk, tagged with the pod's VLAN
+// when src is a local pod's address, untagged (the node's own traffic)
+// otherwise.
+func (w *Worker) route(d port.Desc, b []byte, src, dst [4]byte) {
+	tbl := w.vlanTable.Load()
+	if to := tbl.ByIP(dst); to != nil {
+		copy(b[0:6], to.MAC[:])
+		copy(b[6:12], to.HostMAC[:])
+		w.enqueue(PodIndex(to.ID), d)
+		return
+	}
+	if from := tbl.ByIP(src); from != nil {
+		copy(b[6:12], from.MAC[:])
+		w.toTrunkTagged(d, from.VID)
+		return
+	}
+	copy(b[0:6], w.gateway[:])
+	copy(b[6:12], w.nodeMAC[:])
+	w.enqueue(trunkIndex, d)
+}
+
+// toTrunkTagged pushes the tag vid on the untagged frame at d, addresses it
+// to the VPC gateway and queues it on the trunk.
+func (w *Worker) toTrunkTagged(d port.Desc, vid uint16) {
+	if d.Addr&w.slotMask < vlan.TagLen {
+		w.dropFrame(d, DropNoHeadroom)
+		return
+	}
+	d.Addr -= vlan.TagLen
+	d.Len += vlan.TagLen
+	b := w.mem[d.Addr : d.Addr+uint64(d.Len)]
+	vlan.Push(b, vid)
+	copy(b[0:6], w.gateway[:])
+	w.enqueue(trunkIndex, d)
+}
+
+// reject answers a packet to a Service without a usable backend the way
+// kube-proxy's REJECT rule does: a TCP RST, or an ICMP port unreachable,
+// from the frontend, sent back the way the packet came.
+func (w *Worker) reject(d port.Desc, b []byte) {
+	p := &w.pkt
+	w.counters.Rejects.Add(1)
+	l3 := int(p.L3Off)
+	client, frontend := p.Src, p.Dst
+	// The answer may be longer than the packet: it may use the whole slot.
+	room := w.slotMask + 1 - d.Addr&w.slotMask
+	slot := w.mem[d.Addr : d.Addr+room]
+	var n int
+	if p.IPProto == lb.TCP {
+		n = w.buildRST(slot[l3:len(b)])
+	} else {
+		n = w.buildPortUnreachable(slot[l3:])
+	}
+	if n == 0 {
+		w.dropFrame(d, DropNoService)
+		return
+	}
+	d.Len = uint32(l3 + n)
+	w.route(d, w.mem[d.Addr:d.Addr+uint64(d.Len)], frontend, client)
+}
+
+// buildRST turns the TCP packet at l3 into the RST that answers it and
+// returns its length.
+func (w *Worker) buildRST(l3 []byte) int {
+	p := &w.pkt
+	tcp := packet.TCP(l3[p.IPHeaderLen:])
+	payload := int(p.IPTotalLen) - int(p.IPHeaderLen) - tcp.HeaderLen()
+	seq, ack, flags := tcp.Seq(), tcp.Ack(), tcp.Flags()
+	sport, dport := p.SrcPort, p.DstPort
+	if len(l3) < 40 {
+		return 0
+	}
+	var rseq, rack uint32
+	rflags := packet.TCPFlagRST
+	if flags&packet.TCPFlagACK != 0 {
+		rseq = ack
+	} else {
+		rack = seq + uint32(payload)
+		if flags&packet.TCPFlagSYN != 0 {
+			rack++
+		}
+		if flags&packet.TCPFlagFIN != 0 {
+			rack++
+		}
+		rflags |= packet.TCPFlagACK
+	}
+	writeIPv4(l3, p.Dst, p.Src, lb.TCP, 40)
+	t := l3[20:40]
+	binary.BigEndian.PutUint16(t[0:], dport)
+	binary.BigEndian.PutUint16(t[2:], sport)
+	binary.BigEndian.PutUint32(t[4:], rseq)
+	binary.BigEndian.PutUint32(t[8:], rack)
+	t[12], t[13] = 5<<4, rflags
+	clear(t[14:20])
+	sum := packet.Checksum(t, packet.PseudoHeaderSum(p.Dst, p.Src, lb.TCP, 20))
+	binary.BigEndian.PutUint16(t[16:], packet.Fold(sum))
+	return 40
+}
+
+// buildPortUnreachable turns the packet at l3 into the ICMP port
+// unreachable that answers it (quoting its IP header and 8 bytes) and
+// returns its length.
+func (w *Worker) buildPortUnreachable(l3 []byte) int {
+	p := &w.pkt
+	quote := int(p.IPHeaderLen) + 8
+	n := 20 + 8 + quote
+	if int(p.IPTotalLen) < quote || len(l3) < n || quote > len(w.scratch) {
+		return 0
+	}
+	l3 = l3[:n]
+	copy(w.scratch[:quote], l3[:quote])
+	src, dst := p.Dst, p.Src
+	copy(l3[28:], w.scratch[:quote])
+	writeIPv4(l3, src, dst, 1, uint16(n))
+	icmp := l3[20:n]
+	icmp[0], icmp[1] = packet.ICMPv4DestUnreachable, packet.ICMPv4PortUnreachable
+	clear(icmp[2:8])
+	binary.BigEndian.PutUint16(icmp[2:], packet.Fold(packet.Checksum(icmp, 0)))
+	return n
+}
+
+// writeIPv4 writes a 20-byte IPv4 header (DF, TTL 64) with its checksum.
+func writeIPv4(b []byte, src, dst [4]byte, proto uint8, total uint16) {
+	b[0], b[1] = 0x45, 0
+	binary.BigEndian.PutUint16(b[2:], total)
+	binary.BigEndian.PutUint32(b[4:], 0x4000) // ID 0, DF
+	b[8], b[9] = 64, proto
+	b[10], b[11] = 0, 0
+	copy(b[12:16], src[:])
+	copy(b[16:20], dst[:])
+	binary.BigEndian.PutUint16(b[10:], packet.Fold(packet.Checksum(b[:20], 0)))
+}
+
+// flowHash hashes a flow's 5-tuple for Maglev.
+func flowHash(k conntrack.Key) uint64 {
+	a := uint64(binary.BigEndian.Uint32(k.SrcIP[:]))<<32 | uint64(binary.BigEndian.Uint32(k.DstIP[:]))
+	b := uint64(k.SrcPort)<<24 | uint64(k.DstPort)<<8 | uint64(k.Proto)
+	return mix64(a ^ mix64(b))
+}
+
+// mix64 is the splitmix64 finalizer.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}

@@ -1,0 +1,336 @@
+package dataplane
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/trunkline/trunkline/dataplane/port/porttest"
+	"github.com/trunkline/trunkline/internal/packet"
+	"github.com/trunkline/trunkline/lb"
+	"github.com/trunkline/trunkline/lb/conntrack"
+	"github.com/trunkline/trunkline/vlan"
+)
+
+var (
+	nodeIP  = [4]byte{10, 100, 0, 2}
+	nodeMAC = [6]byte{2, 0, 0x0a, 0x64, 0, 2}
+	vip     = [4]byte{10, 96, 0, 10}
+	client  = [4]byte{10, 100, 0, 1} // in the VPC, behind the gateway
+)
+
+type l4spec struct {
+	src, dst      [6]byte
+	srcIP, dstIP  [4]byte
+	sport, dport  uint16
+	udp           bool
+	syn, ack, rst bool
+	payload       string
+}
+
+func l4frame(t testing.TB, f l4spec) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: f.src[:], DstMAC: f.dst[:], EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, SrcIP: f.srcIP[:], DstIP: f.dstIP[:], Flags: layers.IPv4DontFragment}
+	var l4 gopacket.SerializableLayer
+	if f.udp {
+		ip.Protocol = layers.IPProtocolUDP
+		u := &layers.UDP{SrcPort: layers.UDPPort(f.sport), DstPort: layers.UDPPort(f.dport)}
+		u.SetNetworkLayerForChecksum(ip)
+		l4 = u
+	} else {
+		ip.Protocol = layers.IPProtocolTCP
+		tc := &layers.TCP{SrcPort: layers.TCPPort(f.sport), DstPort: layers.TCPPort(f.dport), SYN: f.syn, ACK: f.ack, RST: f.rst, Seq: 1000, Ack: 5000, Window: 1000}
+		tc.SetNetworkLayerForChecksum(ip)
+		l4 = tc
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, l4, gopacket.Payload(f.payload)); err != nil {
+		t.Fatal(err)
+	}
+	return append([]byte(nil), buf.Bytes()...)
+}
+
+// parsed checks a frame's checksums with gopacket and returns its layers.
+func parsed(t *testing.T, f []byte) (*layers.Ethernet, *layers.IPv4, gopacket.Packet) {
+	t.Helper()
+	pk := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+	eth, _ := pk.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	ip, _ := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	if eth == nil || ip == nil {
+		t.Fatalf("not an Ethernet/IPv4 frame: %x", f)
+	}
+	// Every checksum must verify.
+	l3 := packet.IPv4(f[14:])
+	if !l3.ValidChecksum() {
+		t.Errorf("IPv4 header checksum is wrong: %x", f)
+	}
+	l4 := f[14+l3.HeaderLen() : 14+int(l3.TotalLen())]
+	if !(l3.Protocol() == 17 && packet.UDP(l4).Checksum() == 0) {
+		sum := packet.Checksum(l4, packet.PseudoHeaderSum(l3.Src(), l3.Dst(), l3.Protocol(), uint16(len(l4))))
+		if l3.Protocol() == 1 {
+			sum = packet.Checksum(l4, 0)
+		}
+		if packet.Fold(sum) != 0 {
+			t.Errorf("L4 checksum is wrong: %x", f)
+		}
+	}
+	return eth, ip, pk
+}
+
+type natRig struct {
+	*rig
+	svcs *atomic.Pointer[lb.Table]
+	ct   *conntrack.Table
+}
+
+func newNATRig(t *testing.T, specs []lb.ServiceSpec, snat PortRange) *natRig {
+	t.Helper()
+	r := &rig{t: t, mem: porttest.NewMemory(512, 4096), poller: porttest.NewPoller()}
+	r.trunk = porttest.NewPort(r.mem)
+	r.poller.Set(TrunkIndex, r.trunk)
+	tbl, err := vlan.NewTable(pods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vptr atomic.Pointer[vlan.Table]
+	vptr.Store(tbl)
+	st, err := lb.Build(netip.AddrFrom4(nodeIP), specs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sptr atomic.Pointer[lb.Table]
+	sptr.Store(st)
+	ct, err := conntrack.New(conntrack.Options{MaxEntries: 1 << 14})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.w, err = New(Config{Memory: r.mem, Poller: r.poller, Trunk: r.trunk, VLAN: &vptr, GatewayMAC: gatewayMAC,
+		Services: &sptr, Conntrack: ct, NodeIP: nodeIP, NodeMAC: nodeMAC, SNATPorts: snat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range pods {
+		p := porttest.NewPort(r.mem)
+		c := new(PortCounters)
+		r.pods = append(r.pods, p)
+		r.podC = append(r.podC, c)
+		r.w.AttachPod(a.ID, p, c, func() { r.poller.Set(PodIndex(a.ID), p) })
+	}
+	t.Cleanup(func() {
+		if free := r.mem.Free(); free != r.mem.Frames() {
+			t.Errorf("%d of %d frames free after the test: frames leaked", free, r.mem.Frames())
+		}
+	})
+	return &natRig{rig: r, svcs: &sptr, ct: ct}
+}
+
+func (r *natRig) one(p *porttest.Port, f []byte, to *porttest.Port) []byte {
+	r.t.Helper()
+	if err := p.Inject(f); err != nil {
+		r.t.Fatal(err)
+	}
+	r.run()
+	sent := to.Sent()
+	if len(sent) != 1 {
+		r.t.Fatalf("got %d frames, want 1 (drops %v)", len(sent), r.drops())
+	}
+	return sent[0]
+}
+
+func (r *natRig) drops() map[string]uint64 {
+	m := map[string]uint64{}
+	for i := range r.w.Counters().Drops {
+		if n := r.w.Counters().Drops[i].Load(); n > 0 {
+			m[DropReason(i).String()] = n
+		}
+	}
+	return m
+}
+
+func backendOf(a vlan.Attachment, port uint16) lb.Backend {
+	return lb.Backend{IP: a.IP, Port: port, Ready: true, Serving: true, Local: true}
+}
+
+func clusterIP(backends ...lb.Backend) lb.ServiceSpec {
+	return lb.ServiceSpec{Name: "default/echo:tcp", Proto: lb.TCP, Port: 80, NodePort: 30080,
+		ClusterIPs: []netip.Addr{netip.AddrFrom4(vip)}, Backends: backends}
+}
+
+func TestClusterIPFromTheVPC(t *testing.T) {
+	r := newNATRig(t, []lb.ServiceSpec{clusterIP(backendOf(pods[1], 8080))}, PortRange{61000, 61099})
+	syn := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 40000, dport: 80, syn: true})
+	got := r.one(r.trunk, syn, r.pods[1])
+	eth, ip, pk := parsed(t, got)
+	tcp := pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ip.DstIP.Equal(net.IP(pods[1].IP[:])) || tcp.DstPort != 8080 || !ip.SrcIP.Equal(net.IP(client[:])) || tcp.SrcPort != 40000 {
+		t.Fatalf("DNAT gave %s:%d → %s:%d", ip.SrcIP, tcp.SrcPort, ip.DstIP, tcp.DstPort)
+	}
+	if [6]byte(eth.DstMAC) != pods[1].MAC || [6]byte(eth.SrcMAC) != pods[1].HostMAC {
+		t.Errorf("MACs %s → %s", eth.SrcMAC, eth.DstMAC)
+	}
+	synack := l4frame(t, l4spec{src: pods[1].MAC, dst: pods[1].HostMAC, srcIP: pods[1].IP, dstIP: client, sport: 8080, dport: 40000, syn: true, ack: true})
+	got = r.one(r.pods[1], synack, r.trunk)
+	eth, ip, pk = parsed(t, got)
+	tcp = pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ip.SrcIP.Equal(net.IP(vip[:])) || tcp.SrcPort != 80 || !ip.DstIP.Equal(net.IP(client[:])) || tcp.DstPort != 40000 {
+		t.Fatalf("reverse NAT gave %s:%d → %s:%d", ip.SrcIP, tcp.SrcPort, ip.DstIP, tcp.DstPort)
+	}
+	if [6]byte(eth.DstMAC) != gatewayMAC || [6]byte(eth.SrcMAC) != nodeMAC || eth.EthernetType != layers.EthernetTypeIPv4 {
+		t.Errorf("reply leaves as %s → %s type %s; want untagged from the node to the gateway", eth.SrcMAC, eth.DstMAC, eth.EthernetType)
+	}
+	if r.ct.Len() != 1 {
+		t.Errorf("conntrack has %d entries, want 1", r.ct.Len())
+	}
+}
+
+func TestHairpinIsSNATedToTheNode(t *testing.T) {
+	r := newNATRig(t, []lb.ServiceSpec{clusterIP(backendOf(pods[0], 8080))}, PortRange{61000, 61099})
+	syn := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: vip, sport: 40000, dport: 80, syn: true})
+	got := r.one(r.pods[0], syn, r.pods[0])
+	_, ip, pk := parsed(t, got)
+	tcp := pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ip.SrcIP.Equal(net.IP(nodeIP[:])) || tcp.SrcPort < 61000 || tcp.SrcPort > 61099 || !ip.DstIP.Equal(net.IP(pods[0].IP[:])) {
+		t.Fatalf("hairpin gave %s:%d → %s:%d; want the node's address and an SNAT port", ip.SrcIP, tcp.SrcPort, ip.DstIP, tcp.DstPort)
+	}
+	reply := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: nodeIP, sport: 8080, dport: uint16(tcp.SrcPort), syn: true, ack: true})
+	got = r.one(r.pods[0], reply, r.pods[0])
+	_, ip, pk = parsed(t, got)
+	tcp = pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ip.SrcIP.Equal(net.IP(vip[:])) || tcp.SrcPort != 80 || tcp.DstPort != 40000 {
+		t.Fatalf("hairpin reply gave %s:%d → %s:%d", ip.SrcIP, tcp.SrcPort, ip.DstIP, tcp.DstPort)
+	}
+}
+
+func TestNodePortPolicies(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		spec := clusterIP(backendOf(pods[1], 8080))
+		spec.ExternalLocal = local
+		r := newNATRig(t, []lb.ServiceSpec{spec}, PortRange{61000, 61099})
+		syn := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: nodeIP, sport: 40000, dport: 30080, syn: true})
+		_, ip, _ := parsed(t, r.one(r.trunk, syn, r.pods[1]))
+		want := nodeIP
+		if local {
+			want = client
+		}
+		if !ip.SrcIP.Equal(net.IP(want[:])) {
+			t.Errorf("local=%v: backend sees %s, want %v", local, ip.SrcIP, net.IP(want[:]))
+		}
+	}
+}
+
+func TestNoBackendIsRejected(t *testing.T) {
+	spec := clusterIP()
+	udp := lb.ServiceSpec{Name: "default/dns:udp", Proto: lb.UDP, Port: 53, ClusterIPs: []netip.Addr{netip.AddrFrom4(vip)}}
+	r := newNATRig(t, []lb.ServiceSpec{spec, udp}, PortRange{61000, 61099})
+	syn := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: vip, sport: 40000, dport: 80, syn: true})
+	_, ip, pk := parsed(t, r.one(r.pods[0], syn, r.pods[0]))
+	tcp, ok := pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ok || !tcp.RST || !tcp.ACK || tcp.Ack != 1001 || !ip.SrcIP.Equal(net.IP(vip[:])) || tcp.SrcPort != 80 || tcp.DstPort != 40000 {
+		t.Fatalf("TCP to a Service without backends answered %v", pk)
+	}
+	q := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 5353, dport: 53, udp: true, payload: "query"})
+	eth, ip, pk := parsed(t, r.one(r.trunk, q, r.trunk))
+	icmp, ok := pk.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if !ok || icmp.TypeCode != layers.CreateICMPv4TypeCode(3, 3) || !ip.SrcIP.Equal(net.IP(vip[:])) || !ip.DstIP.Equal(net.IP(client[:])) {
+		t.Fatalf("UDP to a Service without backends answered %v", pk)
+	}
+	if [6]byte(eth.DstMAC) != gatewayMAC {
+		t.Errorf("ICMP sent to %s, want the gateway", eth.DstMAC)
+	}
+	if got := r.w.Counters().Rejects.Load(); got != 2 {
+		t.Errorf("rejects = %d, want 2", got)
+	}
+}
+
+func TestSNATExhaustionDropsOnlyNewFlows(t *testing.T) {
+	spec := clusterIP(backendOf(pods[1], 8080))
+	spec.Proto = lb.UDP
+	r := newNATRig(t, []lb.ServiceSpec{spec}, PortRange{61000, 61009})
+	seen := map[layers.UDPPort]bool{}
+	for i := range 15 {
+		q := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: nodeIP, sport: uint16(20000 + i), dport: 30080, udp: true})
+		if err := r.trunk.Inject(q); err != nil {
+			t.Fatal(err)
+		}
+		r.run()
+		for _, f := range r.pods[1].Sent() {
+			_, _, pk := parsed(t, f)
+			seen[pk.Layer(layers.LayerTypeUDP).(*layers.UDP).SrcPort] = true
+		}
+	}
+	if len(seen) != 10 {
+		t.Errorf("%d distinct SNAT ports for 15 flows over a range of 10, want 10", len(seen))
+	}
+	if d := r.drops()["snat_exhausted"]; d != 5 {
+		t.Errorf("snat_exhausted = %d, want 5", d)
+	}
+	// The first ten keep working.
+	for i := range 10 {
+		q := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: nodeIP, sport: uint16(20000 + i), dport: 30080, udp: true})
+		r.one(r.trunk, q, r.pods[1])
+	}
+}
+
+// BenchmarkConntrackHitDNAT measures an established flow's packet from
+// the VPC to a ClusterIP: parse, conntrack hit, DNAT rewrite, to the pod.
+func BenchmarkConntrackHitDNAT(b *testing.B) {
+	f := l4frame(b, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 40000, dport: 80, ack: true, payload: "x"})
+	w := newReplayNATWorker(b, f, 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += DefaultBatch {
+		w.Poll()
+	}
+}
+
+func newReplayNATWorker(tb testing.TB, frame []byte, services int) *Worker {
+	mem := staticMemory{area: make([]byte, 4096*DefaultBatch)}
+	trunk := &replayPort{mem: mem.area, template: frame}
+	for i := range DefaultBatch {
+		trunk.addrs = append(trunk.addrs, uint64(i)*4096+256)
+	}
+	tbl, _ := vlan.NewTable(pods)
+	var vptr atomic.Pointer[vlan.Table]
+	vptr.Store(tbl)
+	specs := []lb.ServiceSpec{clusterIP(backendOf(pods[1], 8080))}
+	for i := 1; i < services; i++ {
+		specs = append(specs, lb.ServiceSpec{Name: "s", Proto: lb.TCP, Port: 80,
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 97, byte(i >> 8), byte(i)})}, Backends: []lb.Backend{backendOf(pods[0], 8080)}})
+	}
+	st, err := lb.Build(netip.AddrFrom4(nodeIP), specs, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var sptr atomic.Pointer[lb.Table]
+	sptr.Store(st)
+	ct, _ := conntrack.New(conntrack.Options{MaxEntries: 1 << 12})
+	w, err := New(Config{Memory: mem, Poller: alwaysReady{}, Trunk: trunk, VLAN: &vptr, GatewayMAC: gatewayMAC,
+		Services: &sptr, Conntrack: ct, NodeIP: nodeIP, NodeMAC: nodeMAC, SNATPorts: PortRange{61000, 62000}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w.AttachPod(pods[1].ID, &replayPort{}, nil, nil)
+	// Open the flow once with a SYN so the ACKs hit.
+	syn := l4frame(tb, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 40000, dport: 80, syn: true})
+	trunk.template = syn
+	w.Poll()
+	trunk.template = frame
+	return w
+}
+
+func TestConntrackHitDoesNotAllocate(t *testing.T) {
+	f := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 40000, dport: 80, ack: true, payload: "x"})
+	w := newReplayNATWorker(t, f, 1)
+	if n := testing.AllocsPerRun(100, func() { w.Poll() }); n != 0 {
+		t.Errorf("a batch of conntrack hits allocates %v times", n)
+	}
+	d := &w.Counters().Drops
+	if d[DropConntrackInvalid].Load()+d[DropNoService].Load() != 0 {
+		t.Errorf("frames dropped: invalid %d, no_service %d", d[DropConntrackInvalid].Load(), d[DropNoService].Load())
+	}
+}
+
