@@ -53,6 +53,9 @@ type Programs struct {
 	slots map[podKey]uint32 // (ifindex, queue) -> slot in pod_xsks
 	free  []uint32          // free slots
 	next  uint32            // next never-used slot
+
+	vips      map[[4]byte]bool // steered service addresses
+	nodePorts map[portKey]bool // steered node ports
 }
 
 type podKey struct{ ifindex, queue uint32 }
@@ -259,4 +262,60 @@ func (p *Programs) Close() error {
 	}
 	errs = append(errs, p.objs.Close())
 	return errors.Join(errs...)
+}
+
+// ServicePort is a NodePort the trunk and pod programs steer to the agent.
+type ServicePort struct {
+	Port  uint16
+	Proto uint8
+}
+
+type portKey struct {
+	Port  uint16 // network order
+	Proto uint8
+	_     uint8
+}
+
+// SetServices replaces what the programs steer to the agent besides
+// tagged frames: untagged traffic to the Service frontend addresses vips,
+// to the node's NodePorts, and to the node's SNAT ports lo..hi (replies to
+// translated flows; lo 0: none). Entries no longer wanted are removed.
+func (p *Programs) SetServices(vips [][4]byte, nodePorts []ServicePort, lo, hi uint16) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	want := make(map[[4]byte]bool, len(vips))
+	for _, v := range vips {
+		want[v] = true
+		if !p.vips[v] {
+			if err := p.objs.Vips.Put(v, uint8(1)); err != nil {
+				return fmt.Errorf("steer service address %v: %w", v, err)
+			}
+		}
+	}
+	for v := range p.vips {
+		if !want[v] {
+			p.objs.Vips.Delete(v)
+		}
+	}
+	p.vips = want
+	wantPorts := make(map[portKey]bool, len(nodePorts))
+	for _, np := range nodePorts {
+		k := portKey{Port: np.Port<<8 | np.Port>>8, Proto: np.Proto}
+		wantPorts[k] = true
+		if !p.nodePorts[k] {
+			if err := p.objs.NodePorts.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("steer node port %d/%d: %w", np.Port, np.Proto, err)
+			}
+		}
+	}
+	for k := range p.nodePorts {
+		if !wantPorts[k] {
+			p.objs.NodePorts.Delete(k)
+		}
+	}
+	p.nodePorts = wantPorts
+	if err := p.objs.SnatPorts.Put(uint32(0), [2]uint16{lo, hi}); err != nil {
+		return fmt.Errorf("steer SNAT ports %d-%d: %w", lo, hi, err)
+	}
+	return nil
 }

@@ -19,14 +19,30 @@ type progsPodKey struct {
 	Queue   uint32
 }
 
+type progsPortKey struct {
+	_     structs.HostLayout
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type progsPortRange struct {
+	_  structs.HostLayout
+	Lo uint16
+	Hi uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	progsMapNodeAddrs = "node_addrs"
+	progsMapNodePorts = "node_ports"
 	progsMapPodSlots  = "pod_slots"
 	progsMapPodXsks   = "pod_xsks"
+	progsMapSnatPorts = "snat_ports"
 	progsMapTrunkXsks = "trunk_xsks"
+	progsMapVips      = "vips"
 	progsProgTlPod    = "tl_pod"
 	progsProgTlTrunk  = "tl_trunk"
 )
@@ -82,9 +98,12 @@ type progsProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type progsMapSpecs struct {
 	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
+	NodePorts *ebpf.MapSpec `ebpf:"node_ports"`
 	PodSlots  *ebpf.MapSpec `ebpf:"pod_slots"`
 	PodXsks   *ebpf.MapSpec `ebpf:"pod_xsks"`
+	SnatPorts *ebpf.MapSpec `ebpf:"snat_ports"`
 	TrunkXsks *ebpf.MapSpec `ebpf:"trunk_xsks"`
+	Vips      *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // progsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,17 +133,23 @@ func (o *progsObjects) Close() error {
 // It can be passed to loadProgsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type progsMaps struct {
 	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
+	NodePorts *ebpf.Map `ebpf:"node_ports"`
 	PodSlots  *ebpf.Map `ebpf:"pod_slots"`
 	PodXsks   *ebpf.Map `ebpf:"pod_xsks"`
+	SnatPorts *ebpf.Map `ebpf:"snat_ports"`
 	TrunkXsks *ebpf.Map `ebpf:"trunk_xsks"`
+	Vips      *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *progsMaps) Close() error {
 	return _ProgsClose(
 		m.NodeAddrs,
+		m.NodePorts,
 		m.PodSlots,
 		m.PodXsks,
+		m.SnatPorts,
 		m.TrunkXsks,
+		m.Vips,
 	)
 }
 

@@ -65,6 +65,8 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 func TestSharedUmemForwarding(t *testing.T) {
 	privtest.Require(t)
 	ns := privtest.Netns(t, fmt.Sprintf("tlxdp%d", os.Getpid()))
+	// No IPv6: the kernel's MLD reports would reach the sockets too.
+	privtest.Run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 	for _, p := range [][2]string{{"a1", "b1"}, {"a2", "b2"}} {
 		privtest.Run(t, "ip", "-n", ns, "link", "add", p[0], "type", "veth", "peer", "name", p[1])
 		privtest.Run(t, "ip", "-n", ns, "link", "set", p[0], "up")
@@ -159,20 +161,24 @@ func TestSharedUmemForwarding(t *testing.T) {
 			if n == 0 {
 				break
 			}
+			fwd := descs[:0]
 			for _, d := range descs[:n] {
 				if off := d.Addr & (umem.FrameSize() - 1); off < unix.XDP_PACKET_HEADROOM {
 					t.Errorf("rx frame at offset %d in its slot: want at least %d bytes of headroom", off, unix.XDP_PACKET_HEADROOM)
 				}
 				b := umem.Bytes()[d.Addr : d.Addr+uint64(d.Len)]
 				if want[string(b)] == 0 {
-					t.Errorf("received a frame that was not sent: %x", b)
+					t.Logf("received a frame the test did not send: %x", b)
+					umem.Release([]port.Desc{d})
+					continue
 				}
 				want[string(b)]--
+				fwd = append(fwd, d)
 			}
-			got += n
-			if m := s2.Transmit(descs[:n]); m != n {
-				umem.Release(descs[m:n])
-				t.Errorf("tx ring took %d of %d", m, n)
+			got += len(fwd)
+			if m := s2.Transmit(fwd); m != len(fwd) {
+				umem.Release(fwd[m:])
+				t.Errorf("tx ring took %d of %d", m, len(fwd))
 			}
 			s2.Flush()
 			s1.Flush()

@@ -4,6 +4,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -49,6 +50,62 @@ struct {
 	__type(value, __u8);
 } node_addrs SEC(".maps");
 
+// Service frontend addresses (ClusterIP, ExternalIP, LoadBalancer): their
+// untagged traffic is the agent's.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, __u8);
+} vips SEC(".maps");
+
+struct port_key {
+	__u16 port; // network order
+	__u8 proto;
+	__u8 pad;
+};
+
+// NodePorts on the node's addresses.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct port_key);
+	__type(value, __u8);
+} node_ports SEC(".maps");
+
+struct port_range {
+	__u16 lo, hi; // host order; lo 0: none
+};
+
+// The node's SNAT ports: replies to translated flows come back to them.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_range);
+} snat_ports SEC(".maps");
+
+// agent_port reports whether a TCP/UDP packet to one of the node's
+// addresses is the agent's: to a NodePort or to an SNAT port.
+static __always_inline int agent_port(struct iphdr *ip, void *end)
+{
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 0;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < 20 || ihl > 60)
+		return 0;
+	__u16 *ports = (void *)ip + ihl;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	struct port_key k = { .port = ports[1], .proto = ip->protocol };
+	if (bpf_map_lookup_elem(&node_ports, &k))
+		return 1;
+	__u32 zero = 0;
+	struct port_range *r = bpf_map_lookup_elem(&snat_ports, &zero);
+	__u16 dport = bpf_ntohs(ports[1]);
+	return r && r->lo && dport >= r->lo && dport <= r->hi;
+}
+
 static __always_inline int is_tag(__u16 proto)
 {
 	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD_) ||
@@ -66,6 +123,18 @@ int tl_trunk(struct xdp_md *ctx)
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		// Untagged: the node's own, unless it is for a Service frontend
+		// or a reply to a flow the agent translated.
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return XDP_PASS;
+		__u32 dst = ip->daddr;
+		if (bpf_map_lookup_elem(&vips, &dst) ||
+		    (bpf_map_lookup_elem(&node_addrs, &dst) && agent_port(ip, end)))
+			return bpf_redirect_map(&trunk_xsks, ctx->rx_queue_index, XDP_PASS);
+		return XDP_PASS;
+	}
 	if (!is_tag(eth->h_proto))
 		return XDP_PASS;
 	if (data + ETH_HLEN + 4 <= end && eth->h_proto == bpf_htons(ETH_P_8021Q)) {
@@ -79,7 +148,9 @@ int tl_trunk(struct xdp_md *ctx)
 
 // pod: on a pod's host veth every frame goes to the pod's socket, except
 // IPv4 to the node's own addresses and ARP asking for them, which the node's
-// kernel handles (kubelet probes, host-network agents).
+// kernel handles (kubelet probes, host-network agents) — but not when they
+// go to a NodePort or are replies to a flow the agent translated to the
+// node's address.
 SEC("xdp")
 int tl_pod(struct xdp_md *ctx)
 {
@@ -93,7 +164,7 @@ int tl_pod(struct xdp_md *ctx)
 		struct iphdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) <= end) {
 			__u32 dst = ip->daddr;
-			if (bpf_map_lookup_elem(&node_addrs, &dst))
+			if (bpf_map_lookup_elem(&node_addrs, &dst) && !agent_port(ip, end))
 				return XDP_PASS;
 		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
