@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"github.com/trunkline/trunkline/dataplane"
+	"github.com/trunkline/trunkline/lb"
+	"github.com/trunkline/trunkline/lb/conntrack"
 	"github.com/trunkline/trunkline/vlan"
 	"github.com/trunkline/trunkline/xdp"
 	"github.com/vishvananda/netlink"
@@ -41,9 +43,13 @@ type Agent struct {
 	s     settings
 	start time.Time
 
-	progs   *xdp.Programs
-	table   atomic.Pointer[vlan.Table]
-	workers []*workerState
+	progs    *xdp.Programs
+	table    atomic.Pointer[vlan.Table]
+	services atomic.Pointer[lb.Table]
+	ct       *conntrack.Table
+	epoch    time.Time // zero of the conntrack clock
+	nodeMAC  [6]byte
+	workers  []*workerState
 
 	mu   sync.Mutex // guards pods
 	pods []*podState
@@ -112,6 +118,16 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if n := trunk.Attrs().NumRxQueues; n > 0 && cfg.Queues > n {
 		return fmt.Errorf("trunk %s has %d RX queues; config asks for queues: %d", cfg.Trunk, n, cfg.Queues)
 	}
+	copy(a.nodeMAC[:], trunk.Attrs().HardwareAddr)
+	a.epoch = time.Now()
+	if a.ct, err = conntrack.New(conntrack.Options{MaxEntries: cfg.Conntrack.MaxEntries}); err != nil {
+		return err
+	}
+	svcs, err := lb.Build(a.s.nodeIP, a.s.services, 0)
+	if err != nil {
+		return err
+	}
+	a.services.Store(svcs)
 	if a.progs, err = xdp.LoadPrograms(); err != nil {
 		return err
 	}
@@ -130,6 +146,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		if err := a.progs.SetTrunkSocket(q, ws.trunk.FD()); err != nil {
 			return err
 		}
+	}
+	if err := a.steerServices(svcs); err != nil {
+		return err
 	}
 	if err := a.progs.AttachTrunk(cfg.Trunk, a.s.mode); err != nil {
 		return err
@@ -164,6 +183,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 
 	wctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
+	go a.expireConntrack(wctx)
 	for i, ws := range a.workers {
 		cpu := -1
 		if len(cfg.WorkerCPUs) > 0 {
@@ -260,6 +280,8 @@ func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {
 	ws.w, err = dataplane.New(dataplane.Config{
 		Memory: ws.umem, Poller: ws.poller, Trunk: ws.trunk, TrunkCounters: ws.trunkC,
 		VLAN: &a.table, GatewayMAC: a.s.gatewayMAC, Batch: cfg.Batch,
+		Services: &a.services, Conntrack: a.ct, Epoch: a.epoch,
+		NodeIP: a.s.nodeIP.As4(), NodeMAC: a.nodeMAC, SNATPorts: dataplane.PortRange{Lo: a.s.snatLo, Hi: a.s.snatHi},
 	})
 	return ws, err
 }
@@ -388,4 +410,30 @@ func (a *Agent) serveAPI() (*http.Server, error) {
 		}
 	}()
 	return srv, nil
+}
+
+// steerServices tells the XDP programs which untagged traffic is the
+// agent's: to the Services' frontend addresses, NodePorts and SNAT ports.
+func (a *Agent) steerServices(t *lb.Table) error {
+	var nps []xdp.ServicePort
+	for _, f := range t.NodePorts() {
+		nps = append(nps, xdp.ServicePort{Port: f.Port, Proto: f.Proto})
+	}
+	return a.progs.SetServices(t.VIPs(), nps, a.s.snatLo, a.s.snatHi)
+}
+
+// expireConntrack sweeps the connection table in the background: a
+// twentieth of it every 100 ms, so all of it every 2 s.
+func (a *Agent) expireConntrack(ctx context.Context) {
+	budget := max(a.ct.Stats().Slots/20, 1024)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			a.ct.Expire(conntrack.Time(time.Since(a.epoch)), budget)
+		}
+	}
 }

@@ -91,8 +91,22 @@ type WorkerStats struct {
 	Polls   uint64 `json:"polls"`
 }
 
+// ConntrackStats are the connection table's counters.
+type ConntrackStats struct {
+	Entries     int    `json:"entries"`
+	MaxEntries  int    `json:"maxEntries"`
+	Inserts     uint64 `json:"inserts"`
+	InsertFull  uint64 `json:"insertFull"`
+	EarlyDrops  uint64 `json:"earlyDrops"`
+	Expirations uint64 `json:"expirations"`
+}
+
 // Stats is the answer of GET /v1/stats.
 type Stats struct {
+	Conntrack ConntrackStats `json:"conntrack"`
+	// Rejects are packets to Services without a usable backend, answered
+	// with a TCP RST or an ICMP port unreachable.
+	Rejects    uint64            `json:"rejects"`
 	Interfaces []InterfaceStats  `json:"interfaces"`
 	Pods       []PodStats        `json:"pods"`
 	Drops      map[string]uint64 `json:"drops"`
@@ -116,6 +130,11 @@ type Status struct {
 // goroutine, between batches.
 func (a *Agent) Stats() Stats {
 	st := Stats{Drops: map[string]uint64{}}
+	if a.ct != nil {
+		cs := a.ct.Stats()
+		st.Conntrack = ConntrackStats{Entries: cs.Entries, MaxEntries: cs.MaxEntries, Inserts: cs.Inserts,
+			InsertFull: cs.InsertFull, EarlyDrops: cs.EarlyDrops, Expirations: cs.Expirations}
+	}
 	for r := dataplane.DropReason(0); r < dataplane.NumDropReasons; r++ {
 		st.Drops[r.String()] = 0
 	}
@@ -125,6 +144,7 @@ func (a *Agent) Stats() Stats {
 		is.Kernel.add(ws.trunk)
 		st.Interfaces = append(st.Interfaces, is)
 		c := ws.w.Counters()
+		st.Rejects += c.Rejects.Load()
 		for r := range c.Drops {
 			st.Drops[dataplane.DropReason(r).String()] += c.Drops[r].Load()
 		}

@@ -11,7 +11,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
+	"time"
 
+	"github.com/trunkline/trunkline/lb"
 	"github.com/trunkline/trunkline/vlan"
 	"github.com/trunkline/trunkline/xdp"
 	"go.yaml.in/yaml/v3"
@@ -51,6 +55,45 @@ type Config struct {
 	UMEM UMEMConfig `yaml:"umem"`
 	// Pods are static attachments, standing until the CNI registers pods.
 	Pods []PodConfig `yaml:"pods"`
+	// Services are static Service ports (the Kubernetes watch adds its own).
+	Services []ServiceConfig `yaml:"services"`
+	// SNATPorts is the range of node ports SNAT uses, "lo-hi" (default
+	// 61000-65000). Keep it out of the kernel's ephemeral range
+	// (net.ipv4.ip_local_port_range) and of the NodePort range.
+	SNATPorts string `yaml:"snatPorts"`
+	// Conntrack sizes the connection table.
+	Conntrack ConntrackConfig `yaml:"conntrack"`
+}
+
+// ConntrackConfig sizes the connection table.
+type ConntrackConfig struct {
+	// MaxEntries bounds the tracked connections (default 1048576); when
+	// full, new flows are dropped and established ones kept.
+	MaxEntries int `yaml:"maxEntries"`
+}
+
+// ServiceConfig is one Service port.
+type ServiceConfig struct {
+	// Name is namespace/name (and :port) for people and metrics.
+	Name string `yaml:"name"`
+	// Protocol is TCP (default) or UDP.
+	Protocol   string `yaml:"protocol"`
+	Port       int    `yaml:"port"`
+	TargetPort int    `yaml:"targetPort"`
+	ClusterIP  string `yaml:"clusterIP"`
+	// NodePort is served on nodeIP:nodePort; 0: none.
+	NodePort        int      `yaml:"nodePort"`
+	ExternalIPs     []string `yaml:"externalIPs"`
+	LoadBalancerIPs []string `yaml:"loadBalancerIPs"`
+	// ExternalTrafficPolicy is Cluster (default: SNAT to the node, any
+	// backend) or Local (node-local backends only, client IP kept).
+	ExternalTrafficPolicy string `yaml:"externalTrafficPolicy"`
+	// SessionAffinity is None (default) or ClientIP.
+	SessionAffinity        string `yaml:"sessionAffinity"`
+	SessionAffinitySeconds int    `yaml:"sessionAffinitySeconds"`
+	// Backends are pod names of this file or IPv4 addresses (pods on other
+	// nodes), each served on TargetPort.
+	Backends []string `yaml:"backends"`
 }
 
 // UMEMConfig sizes a worker's frame memory.
@@ -81,6 +124,9 @@ type settings struct {
 	gatewayMAC [6]byte
 	mode       xdp.AttachMode
 	pods       []podSettings
+	services   []lb.ServiceSpec
+	snatLo     uint16
+	snatHi     uint16
 }
 
 type podSettings struct {
@@ -128,6 +174,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.UMEM.FrameSize == 0 {
 		c.UMEM.FrameSize = 4096
+	}
+	if c.SNATPorts == "" {
+		c.SNATPorts = "61000-65000"
 	}
 	if c.UMEM.PodFill == 0 {
 		c.UMEM.PodFill = 64
@@ -240,6 +289,30 @@ func (c Config) validate() (settings, error) {
 	if len(c.Pods) > vlan.MaxAttachments {
 		bad("pods", "%d pods: at most %d", len(c.Pods), vlan.MaxAttachments)
 	}
+	if lo, hi, err := parsePortRange(c.SNATPorts); err != nil {
+		bad("snatPorts", "%v", err)
+	} else {
+		s.snatLo, s.snatHi = lo, hi
+	}
+	if c.Conntrack.MaxEntries < 0 || c.Conntrack.MaxEntries > 1<<28 {
+		bad("conntrack.maxEntries", "%d: want 0 (default) ..268435456", c.Conntrack.MaxEntries)
+	}
+	podIPs := map[string]netip.Addr{}
+	for _, p := range s.pods {
+		podIPs[p.Name] = p.ip
+	}
+	for i, sc := range c.Services {
+		spec, perrs := sc.spec(fmt.Sprintf("services[%d]", i), podIPs, s.nodeIP)
+		errs = append(errs, perrs...)
+		if len(perrs) == 0 {
+			s.services = append(s.services, spec)
+		}
+	}
+	if len(errs) == 0 {
+		if _, err := lb.Build(s.nodeIP, s.services, 0); err != nil {
+			bad("services", "%v", err)
+		}
+	}
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%w:\n  %w", ErrInvalidConfig, joinIndented(errs))
 	}
@@ -275,3 +348,107 @@ func (e indented) Error() string {
 func (e indented) Unwrap() []error { return e }
 
 func joinIndented(errs []error) error { return indented(errs) }
+
+func parsePortRange(s string) (lo, hi uint16, err error) {
+	a, b, ok := strings.Cut(s, "-")
+	l, err1 := strconv.Atoi(strings.TrimSpace(a))
+	h, err2 := strconv.Atoi(strings.TrimSpace(b))
+	if !ok || err1 != nil || err2 != nil || l < 1024 || h > 65535 || l > h {
+		return 0, 0, fmt.Errorf("%q: want a range like 61000-65000 within 1024-65535", s)
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// spec checks one Service and turns it into the load balancer's spec.
+func (sc ServiceConfig) spec(path string, podIPs map[string]netip.Addr, nodeIP netip.Addr) (lb.ServiceSpec, []error) {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s.%s: "+format, append([]any{path, field}, a...)...))
+	}
+	sp := lb.ServiceSpec{Name: sc.Name}
+	if sc.Name == "" {
+		bad("name", "required")
+	}
+	switch strings.ToUpper(sc.Protocol) {
+	case "", "TCP":
+		sp.Proto = lb.TCP
+	case "UDP":
+		sp.Proto = lb.UDP
+	default:
+		bad("protocol", "%q: want TCP or UDP", sc.Protocol)
+	}
+	port := func(field string, v int, required bool) uint16 {
+		if v == 0 && !required {
+			return 0
+		}
+		if v < 1 || v > 65535 {
+			bad(field, "%d: want 1..65535", v)
+			return 0
+		}
+		return uint16(v)
+	}
+	sp.Port = port("port", sc.Port, true)
+	target := port("targetPort", sc.TargetPort, true)
+	sp.NodePort = port("nodePort", sc.NodePort, false)
+	addr := func(field, v string) (netip.Addr, bool) {
+		ip, err := netip.ParseAddr(v)
+		if err != nil || !ip.Is4() {
+			bad(field, "%q is not an IPv4 address", v)
+			return ip, false
+		}
+		return ip, true
+	}
+	if sc.ClusterIP != "" {
+		if ip, ok := addr("clusterIP", sc.ClusterIP); ok {
+			sp.ClusterIPs = append(sp.ClusterIPs, ip)
+		}
+	}
+	for i, v := range sc.ExternalIPs {
+		if ip, ok := addr(fmt.Sprintf("externalIPs[%d]", i), v); ok {
+			sp.ExternalIPs = append(sp.ExternalIPs, ip)
+		}
+	}
+	for i, v := range sc.LoadBalancerIPs {
+		if ip, ok := addr(fmt.Sprintf("loadBalancerIPs[%d]", i), v); ok {
+			sp.LoadBalancerIPs = append(sp.LoadBalancerIPs, ip)
+		}
+	}
+	if len(sp.ClusterIPs)+len(sp.ExternalIPs)+len(sp.LoadBalancerIPs) == 0 && sp.NodePort == 0 {
+		bad("clusterIP", "a Service needs a clusterIP, a nodePort, externalIPs or loadBalancerIPs")
+	}
+	switch sc.ExternalTrafficPolicy {
+	case "", "Cluster":
+	case "Local":
+		sp.ExternalLocal = true
+	default:
+		bad("externalTrafficPolicy", "%q: want Cluster or Local", sc.ExternalTrafficPolicy)
+	}
+	switch sc.SessionAffinity {
+	case "", "None":
+	case "ClientIP":
+		secs := sc.SessionAffinitySeconds
+		if secs == 0 {
+			secs = 10800
+		}
+		if secs < 1 || secs > 86400 {
+			bad("sessionAffinitySeconds", "%d: want 1..86400", secs)
+		}
+		sp.Affinity = time.Duration(secs) * time.Second
+	default:
+		bad("sessionAffinity", "%q: want None or ClientIP", sc.SessionAffinity)
+	}
+	for i, b := range sc.Backends {
+		ip, local := podIPs[b]
+		if !local {
+			var ok bool
+			if ip, ok = addr(fmt.Sprintf("backends[%d]", i), b); !ok {
+				continue
+			}
+			for _, pip := range podIPs {
+				local = local || pip == ip
+			}
+		}
+		sp.Backends = append(sp.Backends, lb.Backend{IP: ip.As4(), Port: target, Ready: true, Serving: true, Local: local})
+	}
+	return sp, errs
+}

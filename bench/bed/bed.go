@@ -96,6 +96,9 @@ type Options struct {
 	// StateDir holds one directory per bed (state file, agent config, API
 	// socket). An absolute path; default /run/trunkline-bed.
 	StateDir string
+	// Servers, when set, is a trunkline binary: Up starts its serve-echo
+	// in every pod (see StartServers).
+	Servers string
 	// Logger receives progress (debug), a line when the bed is up (info)
 	// and clean-up trouble (warn). Default: discard.
 	Logger *slog.Logger
@@ -176,6 +179,9 @@ type Bed struct {
 	Wire       Wire
 	Node       Node
 	Pods       []Pod
+	// Services put every pod behind a ClusterIP (and NodePorts), in the
+	// agent's config.
+	Services []Service
 
 	stateDir string
 	log      *slog.Logger
@@ -217,6 +223,7 @@ func newBed(o Options) *Bed {
 			HostVethMAC: net.HardwareAddr{0x02, 0x00, 0x0a, 0x65, byte(i >> 8), byte(i)},
 		})
 	}
+	b.Services = bedServices()
 	return b
 }
 

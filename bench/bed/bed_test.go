@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trunkline/trunkline/agent"
 	"github.com/vishvananda/netlink"
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
@@ -216,9 +217,24 @@ func TestLayoutAndConfig(t *testing.T) {
 		"    vlan: 102\n" +
 		"    ip: 10.100.1.2\n" +
 		"    mac: \"02:00:0a:64:01:02\"\n" +
-		"    hostVeth: hpod2\n"
-	if got := b.agentConfig(); got != want {
-		t.Errorf("config:\n%s\nwant:\n%s", got, want)
+		"    hostVeth: hpod2\n" +
+		"services:\n" +
+		"  - name: default/web\n"
+	if got := b.agentConfig(); !strings.HasPrefix(got, want) {
+		t.Errorf("config:\n%s\nwant it to start with:\n%s", got, want)
+	}
+	// The agent accepts it.
+	cfgPath := filepath.Join(t.TempDir(), "trunkline.yaml")
+	os.WriteFile(cfgPath, []byte(b.agentConfig()), 0o644)
+	ac, err := agent.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.New(ac, agent.Options{}); err != nil {
+		t.Errorf("the agent rejects the bed's config: %v", err)
+	}
+	if len(ac.Services) != len(bedServices()) || len(ac.Services[0].Backends) != 2 {
+		t.Errorf("config services: %+v", ac.Services)
 	}
 	var cfg struct {
 		Trunk      string `yaml:"trunk"`

@@ -38,6 +38,24 @@ func (b *Bed) agentConfig() string {
 		fmt.Fprintf(&s, "    mac: %q\n", p.MAC.String())
 		fmt.Fprintf(&s, "    hostVeth: %s\n", yamlString(p.HostVeth))
 	}
+	fmt.Fprintf(&s, "services:\n")
+	for _, sv := range b.Services {
+		fmt.Fprintf(&s, "  - name: %s\n", yamlString(sv.Name))
+		fmt.Fprintf(&s, "    protocol: %s\n", sv.Protocol)
+		fmt.Fprintf(&s, "    clusterIP: %s\n", sv.VIP)
+		fmt.Fprintf(&s, "    port: %d\n", sv.Port)
+		fmt.Fprintf(&s, "    targetPort: %d\n", sv.TargetPort)
+		if sv.NodePort != 0 {
+			fmt.Fprintf(&s, "    nodePort: %d\n", sv.NodePort)
+		}
+		if sv.Local {
+			fmt.Fprintf(&s, "    externalTrafficPolicy: Local\n")
+		}
+		fmt.Fprintf(&s, "    backends:\n")
+		for _, p := range b.Pods {
+			fmt.Fprintf(&s, "      - %s\n", yamlString(p.Name))
+		}
+	}
 	return s.String()
 }
 

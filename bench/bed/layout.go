@@ -11,14 +11,28 @@ import (
 // Layout is a bed's description, ready for encoding/json. It is also the
 // content of the bed's state file.
 type Layout struct {
-	Prefix    string      `json:"prefix"`
-	Config    string      `json:"config"`
-	StateDir  string      `json:"stateDir"`
-	APISocket string      `json:"apiSocket"`
-	Wire      WireLayout  `json:"wire"`
-	Node      NodeLayout  `json:"node"`
-	Pods      []PodLayout `json:"pods"`
-	Version   int         `json:"version"`
+	Prefix    string          `json:"prefix"`
+	Config    string          `json:"config"`
+	StateDir  string          `json:"stateDir"`
+	APISocket string          `json:"apiSocket"`
+	Wire      WireLayout      `json:"wire"`
+	Node      NodeLayout      `json:"node"`
+	Pods      []PodLayout     `json:"pods"`
+	Services  []ServiceLayout `json:"services"`
+	Version   int             `json:"version"`
+}
+
+// ServiceLayout is Service in JSON; Backends are the pods' addresses.
+type ServiceLayout struct {
+	Name                  string       `json:"name"`
+	Type                  string       `json:"type"`
+	VIP                   netip.Addr   `json:"vip"`
+	Port                  uint16       `json:"port"`
+	NodePort              uint16       `json:"nodePort,omitempty"`
+	Protocol              string       `json:"protocol"`
+	TargetPort            uint16       `json:"targetPort"`
+	Backends              []netip.Addr `json:"backends"`
+	ExternalTrafficPolicy string       `json:"externalTrafficPolicy"`
 }
 
 // layoutVersion is the version of the state file's format.
@@ -75,6 +89,17 @@ func (b *Bed) Layout() Layout {
 			TrunkMAC: b.Node.TrunkMAC.String(),
 		},
 		Pods: make([]PodLayout, 0, len(b.Pods)),
+	}
+	for _, sv := range b.Services {
+		sl := ServiceLayout{Name: sv.Name, Type: sv.Type, VIP: sv.VIP, Port: sv.Port, NodePort: sv.NodePort,
+			Protocol: sv.Protocol, TargetPort: sv.TargetPort, ExternalTrafficPolicy: "Cluster"}
+		if sv.Local {
+			sl.ExternalTrafficPolicy = "Local"
+		}
+		for _, p := range b.Pods {
+			sl.Backends = append(sl.Backends, p.IP)
+		}
+		l.Services = append(l.Services, sl)
 	}
 	for _, p := range b.Pods {
 		l.Pods = append(l.Pods, PodLayout{
@@ -139,6 +164,7 @@ func (l Layout) bed() (*Bed, error) {
 	if len(b.Pods) == 0 {
 		errs = append(errs, errors.New("no pods"))
 	}
+	b.Services = bedServices()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

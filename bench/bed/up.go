@@ -82,6 +82,11 @@ func Up(ctx context.Context, o Options) (_ *Bed, err error) {
 	if err := b.writeConfig(); err != nil {
 		return nil, fail("write agent config", err)
 	}
+	if o.Servers != "" {
+		if err := b.StartServers(o.Servers); err != nil {
+			return nil, fail("servers", err)
+		}
+	}
 	b.log.Info("bed up", "prefix", b.Prefix, "pods", len(b.Pods), "config", b.ConfigPath, "took", time.Since(start).Round(time.Millisecond))
 	return b, nil
 }
@@ -172,6 +177,22 @@ func (b *Bed) upWireAndNode(ctx context.Context) error {
 		}
 		if err := h.RouteAdd(&netlink.Route{LinkIndex: trunk.Attrs().Index, Gw: b.Wire.IP.AsSlice()}); err != nil {
 			return fmt.Errorf("default route via %s: %w", b.Wire.IP, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The VPC routes the Services' range to the node (untagged, to the
+	// node's address), as a cloud route table would.
+	err = withHandle(b.Wire.Netns, func(h *netlink.Handle) error {
+		wire, err := h.LinkByName(b.Wire.Ifname)
+		if err != nil {
+			return err
+		}
+		dst := &net.IPNet{IP: ServiceCIDR.Addr().AsSlice(), Mask: net.CIDRMask(ServiceCIDR.Bits(), 32)}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: wire.Attrs().Index, Dst: dst, Gw: b.Node.IP.AsSlice()}); err != nil {
+			return fmt.Errorf("route %s via %s: %w", ServiceCIDR, b.Node.IP, err)
 		}
 		return nil
 	})
@@ -385,4 +406,19 @@ func (b *Bed) leftoverNetns() ([]string, error) {
 		}
 	}
 	return mine, nil
+}
+
+// StartServers runs `binary serve-echo` in every pod: HTTP on HTTPPort,
+// UDP and TCP echo on UDPEchoPort and TCPEchoPort. They run until the bed
+// goes down (which kills every process in its namespaces), at most a day.
+func (b *Bed) StartServers(binary string) error {
+	for _, p := range b.Pods {
+		cmd := b.Command(context.Background(), p.Netns, binary, "serve-echo", "--name", p.Name, "--timeout", "24h",
+			"--http", fmt.Sprintf(":%d", HTTPPort), "--udp", fmt.Sprintf(":%d", UDPEchoPort), "--tcp", fmt.Sprintf(":%d", TCPEchoPort))
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("server in %s: %w", p.Name, err)
+		}
+		go cmd.Wait() // reap it if this process outlives it
+	}
+	return nil
 }

@@ -23,10 +23,18 @@ func cmdBed(ctx context.Context, args []string, out io.Writer) error {
 	case "up":
 		pods := fs.Int("pods", bed.DefaultPods, "number of pods")
 		asJSON := fs.Bool("json", false, "print the layout as one JSON object")
+		servers := fs.Bool("servers", false, "run an HTTP, UDP echo and TCP echo server in every pod (their Services' target ports)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		b, err := bed.Up(ctx, bed.Options{Prefix: *prefix, Pods: *pods, StateDir: *stateDir, Logger: bedLogger(*verbose)})
+		var err error
+		o := bed.Options{Prefix: *prefix, Pods: *pods, StateDir: *stateDir, Logger: bedLogger(*verbose)}
+		if *servers {
+			if o.Servers, err = os.Executable(); err != nil {
+				return err
+			}
+		}
+		b, err := bed.Up(ctx, o)
 		if err != nil {
 			return err
 		}
@@ -66,6 +74,13 @@ func printLayout(out io.Writer, b *bed.Bed) {
 	fmt.Fprintf(out, "  node   netns %-14s trunk %s  %s\n", b.Node.Netns, b.Node.Trunk, b.Node.IP)
 	for _, p := range b.Pods {
 		fmt.Fprintf(out, "  %-6s netns %-14s %s %s  VLAN %d  host veth %s\n", p.Name, p.Netns, p.Ifname, p.IP, p.VLAN, p.HostVeth)
+	}
+	for _, s := range b.Services {
+		np := ""
+		if s.NodePort != 0 {
+			np = fmt.Sprintf("  nodePort %s:%d", b.Node.IP, s.NodePort)
+		}
+		fmt.Fprintf(out, "  service %-18s %s:%d/%s → pods:%d%s\n", s.Name, s.VIP, s.Port, s.Protocol, s.TargetPort, np)
 	}
 	fmt.Fprintf(out, "agent config: %s\nrun the agent: ip netns exec %s trunkline run --config %s\n", b.ConfigPath, b.Node.Netns, b.ConfigPath)
 }

@@ -36,6 +36,7 @@ func cmdServeEcho(ctx context.Context, args []string) error {
 		return err
 	}
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Client", r.RemoteAddr) // who the server saw: SNAT or not
 		fmt.Fprintf(w, "hello from %s\n", *name)
 	})}
 	go srv.Serve(hl)

@@ -1,0 +1,55 @@
+package bed
+
+import (
+	"net/netip"
+)
+
+// ServiceCIDR is where the bed's Service ClusterIPs live; the VPC routes it
+// to the node, as a cloud route table routes a cluster's service range.
+var ServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
+
+// Ports the pods' servers (`trunkline serve-echo`) listen on.
+const (
+	HTTPPort    = 8080
+	UDPEchoPort = 9000
+	TCPEchoPort = 9001
+	IperfPort   = 5201
+)
+
+// Service is a Service the bed puts all its pods behind, in the agent's
+// config.
+type Service struct {
+	Name     string
+	Type     string // ClusterIP or NodePort
+	VIP      netip.Addr
+	Port     uint16
+	NodePort uint16 // 0: none
+	Protocol string // TCP or UDP
+	// TargetPort is the pods' port.
+	TargetPort uint16
+	// Local is externalTrafficPolicy: Local.
+	Local bool
+}
+
+// bedServices are the bed's Services: HTTP behind a NodePort with each
+// external traffic policy, a UDP and a TCP echo, and iperf3.
+func bedServices() []Service {
+	vip := func(last byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 96, 0, last}) }
+	return []Service{
+		{Name: "default/web", Type: "NodePort", VIP: vip(10), Port: 80, NodePort: 30080, Protocol: "TCP", TargetPort: HTTPPort},
+		{Name: "default/web-local", Type: "NodePort", VIP: vip(11), Port: 80, NodePort: 30081, Protocol: "TCP", TargetPort: HTTPPort, Local: true},
+		{Name: "default/echo-udp", Type: "ClusterIP", VIP: vip(12), Port: 53, Protocol: "UDP", TargetPort: UDPEchoPort},
+		{Name: "default/echo-tcp", Type: "ClusterIP", VIP: vip(13), Port: TCPEchoPort, Protocol: "TCP", TargetPort: TCPEchoPort},
+		{Name: "default/iperf", Type: "ClusterIP", VIP: vip(14), Port: IperfPort, Protocol: "TCP", TargetPort: IperfPort},
+	}
+}
+
+// Service returns the bed's Service with the name, or nil.
+func (b *Bed) Service(name string) *Service {
+	for i := range b.Services {
+		if b.Services[i].Name == name {
+			return &b.Services[i]
+		}
+	}
+	return nil
+}
