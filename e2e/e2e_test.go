@@ -165,7 +165,16 @@ func podStats(s agent.Stats, name string) agent.PodStats {
 
 func httpGet(t *testing.T, netns string, dst netip.AddrPort) string {
 	t.Helper()
+	body, _ := httpGetClient(t, netns, dst)
+	return body
+}
+
+// httpGetClient does GET / and returns the body and the client address the
+// server saw (its X-Client header).
+func httpGetClient(t *testing.T, netns string, dst netip.AddrPort) (body string, client netip.AddrPort) {
+	t.Helper()
 	c := dial(t, netns, "tcp", dst)
+	defer c.Close()
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", dst)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -174,7 +183,8 @@ func httpGet(t *testing.T, netns string, dst netip.AddrPort) string {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b))
+	client, _ = netip.ParseAddrPort(resp.Header.Get("X-Client"))
+	return strings.TrimSpace(string(b)), client
 }
 
 func TestForwardingThroughTheAgent(t *testing.T) {
@@ -330,17 +340,29 @@ func iperf3(t *testing.T, b *bed.Bed, p bed.Pod, clientArgs []string) int64 {
 		t.Fatal(err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
+	waitListening(t, b, p.Netns, 5201)
+	out, err := b.Command(ctx, b.Wire.Netns, "iperf3", clientArgs...).Output()
+	return iperfReceived(t, p.Name, out, err)
+}
+
+// waitListening waits up to 5 s for a TCP listener on port in netns.
+func waitListening(t *testing.T, b *bed.Bed, netns string, port uint16) {
+	t.Helper()
 	for try := 0; ; try++ {
-		out, _ := b.Command(ctx, p.Netns, "ss", "-Hltn", "sport = :5201").Output()
+		out, _ := b.Command(t.Context(), netns, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)).Output()
 		if len(bytes.TrimSpace(out)) > 0 {
-			break
+			return
 		}
 		if try == 50 {
-			t.Fatalf("iperf3 server in %s not listening after 5 s", p.Name)
+			t.Fatalf("nothing listens on port %d in %s after 5 s", port, netns)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	out, err := b.Command(ctx, b.Wire.Netns, "iperf3", clientArgs...).Output()
+}
+
+// iperfReceived reads the bytes received from iperf3 -J output.
+func iperfReceived(t *testing.T, to string, out []byte, err error) int64 {
+	t.Helper()
 	var r struct {
 		Error string `json:"error"`
 		End   struct {
@@ -350,7 +372,7 @@ func iperf3(t *testing.T, b *bed.Bed, p bed.Pod, clientArgs []string) int64 {
 		} `json:"end"`
 	}
 	if jerr := json.Unmarshal(out, &r); jerr != nil || err != nil || r.Error != "" {
-		t.Fatalf("iperf3 to %s: %v %v %s\n%s", p.Name, err, jerr, r.Error, out)
+		t.Fatalf("iperf3 to %s: %v %v %s\n%s", to, err, jerr, r.Error, out)
 	}
 	return r.End.SumReceived.Bytes
 }

@@ -51,6 +51,9 @@ func (b *Bed) agentConfig() string {
 		if sv.Local {
 			fmt.Fprintf(&s, "    externalTrafficPolicy: Local\n")
 		}
+		if sv.Affinity {
+			fmt.Fprintf(&s, "    sessionAffinity: ClientIP\n")
+		}
 		fmt.Fprintf(&s, "    backends:\n")
 		for _, p := range b.Pods {
 			fmt.Fprintf(&s, "      - %s\n", yamlString(p.Name))

@@ -29,6 +29,9 @@ type Service struct {
 	TargetPort uint16
 	// Local is externalTrafficPolicy: Local.
 	Local bool
+	// Affinity is sessionAffinity: ClientIP (iperf3's control and data
+	// connections must reach the same pod).
+	Affinity bool
 }
 
 // bedServices are the bed's Services: HTTP behind a NodePort with each
@@ -40,7 +43,7 @@ func bedServices() []Service {
 		{Name: "default/web-local", Type: "NodePort", VIP: vip(11), Port: 80, NodePort: 30081, Protocol: "TCP", TargetPort: HTTPPort, Local: true},
 		{Name: "default/echo-udp", Type: "ClusterIP", VIP: vip(12), Port: 53, Protocol: "UDP", TargetPort: UDPEchoPort},
 		{Name: "default/echo-tcp", Type: "ClusterIP", VIP: vip(13), Port: TCPEchoPort, Protocol: "TCP", TargetPort: TCPEchoPort},
-		{Name: "default/iperf", Type: "ClusterIP", VIP: vip(14), Port: IperfPort, Protocol: "TCP", TargetPort: IperfPort},
+		{Name: "default/iperf", Type: "ClusterIP", VIP: vip(14), Port: IperfPort, Protocol: "TCP", TargetPort: IperfPort, Affinity: true},
 	}
 }
 
