@@ -40,7 +40,9 @@ const maxSNATTries = 1024
 // the socket: traffic to a Service frontend, or a reply to a translated
 // flow.
 func (w *Worker) natFromTrunk(d port.Desc, b []byte) {
-	w.nat(d, b, nil)
+	if !w.nat(d, b, nil) {
+		w.dropFrame(d, DropNoService)
+	}
 }
 
 // wantsNAT reports whether a pod's IPv4 packet may belong to a translated
@@ -62,26 +64,32 @@ func (w *Worker) wantsNAT(svcs *lb.Table) bool {
 
 // nat translates a frame of a Service flow and forwards it. b is the
 // untagged frame at d and w.pkt its decoding; from is the pod that sent
-// it, or nil for the trunk.
-func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) {
+// it, or nil for the trunk. It reports false, leaving the frame to the
+// caller, when the frame belongs to no translated flow and is not for a
+// Service frontend (a backend pod's port answering a direct client).
+func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) bool {
 	p := &w.pkt
 	if p.EtherType != packet.EtherTypeIPv4 || p.Status != packet.StatusOK {
 		w.dropFrame(d, DropMalformed)
-		return
+		return true
+	}
+	if p.IPProto != lb.TCP && p.IPProto != lb.UDP {
+		return false
 	}
 	if p.Fragment {
 		w.dropFrame(d, DropNATFragment)
-		return
-	}
-	if p.IPProto != lb.TCP && p.IPProto != lb.UDP {
-		w.dropFrame(d, DropNoService)
-		return
+		return true
 	}
 	key := conntrack.Key{SrcIP: p.Src, DstIP: p.Dst, SrcPort: p.SrcPort, DstPort: p.DstPort, Proto: p.IPProto}
 	c, dir, ok := w.ct.Lookup(key, p.TCPFlags, w.now)
 	if !ok {
-		if c, ok = w.newFlow(d, b, key, from); !ok {
-			return
+		svcs := w.services.Load()
+		e, isFrontend := svcs.Lookup(lb.Frontend{IP: key.DstIP, Port: key.DstPort, Proto: key.Proto})
+		if !isFrontend {
+			return false
+		}
+		if c, ok = w.newFlow(d, b, key, e, from); !ok {
+			return true
 		}
 		dir = conntrack.DirOriginal
 	}
@@ -92,18 +100,13 @@ func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) {
 	}
 	w.rewrite(b, out.DstIP, out.DstPort, out.SrcIP, out.SrcPort)
 	w.route(d, b, out.DstIP, out.SrcIP)
+	return true
 }
 
 // newFlow starts a connection for a packet to a Service frontend: it picks
 // a backend, decides on SNAT and inserts the connection. It reports false
 // when the frame was dropped or answered.
-func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, from *vlan.Attachment) (conntrack.Conn, bool) {
-	svcs := w.services.Load()
-	e, ok := svcs.Lookup(lb.Frontend{IP: key.DstIP, Port: key.DstPort, Proto: key.Proto})
-	if !ok {
-		w.dropFrame(d, DropNoService)
-		return conntrack.Conn{}, false
-	}
+func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.FrontendEntry, from *vlan.Attachment) (conntrack.Conn, bool) {
 	svc := e.Service
 	h := flowHash(key)
 	if svc.Affinity > 0 {

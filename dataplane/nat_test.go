@@ -334,3 +334,16 @@ func TestConntrackHitDoesNotAllocate(t *testing.T) {
 	}
 }
 
+func TestBackendAnsweringADirectClientIsNotTranslated(t *testing.T) {
+	r := newNATRig(t, []lb.ServiceSpec{clusterIP(backendOf(pods[0], 8080))}, PortRange{61000, 61099})
+	// A VPC client talks to pod1:8080 directly (not through the VIP).
+	reply := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: client, sport: 8080, dport: 40000, syn: true, ack: true})
+	got := r.one(r.pods[0], reply, r.trunk)
+	want := append([]byte(nil), reply...)
+	if len(got) != len(want)+4 || got[12] != 0x81 || string(got[16:]) != string(want[12:]) {
+		t.Errorf("pod's direct reply left as %x, want it tagged and otherwise untouched", got)
+	}
+	if r.ct.Len() != 0 {
+		t.Errorf("conntrack has %d entries for an untranslated flow", r.ct.Len())
+	}
+}

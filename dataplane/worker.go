@@ -520,8 +520,9 @@ func (w *Worker) fromTrunk(tbl *vlan.Table, d port.Desc) {
 		// A reply from a backend elsewhere to a pod's Service flow.
 		if svcs := w.services.Load(); svcs != nil && svcs.IsRemoteBackend(p.Src) {
 			p.Decode(b)
-			w.nat(d, b, a)
-			return
+			if w.nat(d, b, a) {
+				return
+			}
 		}
 	}
 	copy(b[0:6], a.MAC[:])
@@ -577,8 +578,13 @@ func (w *Worker) fromPod(tbl *vlan.Table, a *vlan.Attachment, d port.Desc) {
 		}
 		if w.services != nil {
 			if svcs := w.services.Load(); svcs != nil && w.wantsNAT(svcs) {
-				w.nat(d, b, a)
-				return
+				if w.nat(d, b, a) {
+					return
+				}
+				if p.Dst == w.nodeIP {
+					w.dropFrame(d, DropNoService) // to an SNAT port, but no such flow
+					return
+				}
 			}
 		}
 		dst = p.Dst
