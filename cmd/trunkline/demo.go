@@ -112,6 +112,25 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer) error {
 		results[p.Name] = r
 		fmt.Fprintf(out, "  %-6s %-12s ping %-22s GET / → %q\n", p.Name, p.IP, r.ping, r.http)
 	}
+	if web := b.Service("default/web"); web != nil {
+		fmt.Fprintf(out, "\n== Service %s: 30 HTTP requests from the VPC to its ClusterIP %s:%d, spread by Maglev\n", web.Name, web.VIP, web.Port)
+		per := map[string]int{}
+		for range 30 {
+			body, err := httpGet(ctx, b.Wire.Netns, netip.AddrPortFrom(web.VIP, web.Port))
+			if err != nil {
+				return fmt.Errorf("demo: GET %s: %w", web.VIP, err)
+			}
+			per[strings.TrimPrefix(strings.TrimSpace(body), "hello from ")]++
+		}
+		for _, p := range b.Pods {
+			fmt.Fprintf(out, "  %-6s %2d %s\n", p.Name, per[p.Name], strings.Repeat("█", per[p.Name]))
+		}
+		body, err := httpGet(ctx, b.Wire.Netns, netip.AddrPortFrom(b.Node.IP, web.NodePort))
+		if err != nil {
+			return fmt.Errorf("demo: GET NodePort %d: %w", web.NodePort, err)
+		}
+		fmt.Fprintf(out, "  NodePort %s:%d → %q\n", b.Node.IP, web.NodePort, strings.TrimSpace(body))
+	}
 	after, err := proc.Client.Stats(ctx)
 	if err != nil {
 		return err
@@ -138,6 +157,7 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintln(out)
+	fmt.Fprintf(out, "conntrack: %d flows tracked\n", after.Conntrack.Entries)
 	for _, u := range after.UMEM {
 		fmt.Fprintf(out, "UMEM queue %d: %d frames: %d free, %d posted for receive, %d in TX, %d held\n", u.Queue, u.Total, u.Free, u.Fill, u.TX, u.Held)
 	}
