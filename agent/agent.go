@@ -115,6 +115,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("trunk %s: %w (is the agent running in the node's network namespace?)", cfg.Trunk, err)
 	}
+	if err := checkMTU(trunk, cfg.UMEM.FrameSize); err != nil {
+		return err
+	}
 	if n := trunk.Attrs().NumRxQueues; n > 0 && cfg.Queues > n {
 		return fmt.Errorf("trunk %s has %d RX queues; config asks for queues: %d", cfg.Trunk, n, cfg.Queues)
 	}
@@ -282,6 +285,7 @@ func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {
 		VLAN: &a.table, GatewayMAC: a.s.gatewayMAC, Batch: cfg.Batch,
 		Services: &a.services, Conntrack: a.ct, Epoch: a.epoch,
 		NodeIP: a.s.nodeIP.As4(), NodeMAC: a.nodeMAC, SNATPorts: dataplane.PortRange{Lo: a.s.snatLo, Hi: a.s.snatHi},
+		Masquerade: len(a.s.nonMasq) > 0, NonMasquerade: a.s.nonMasq,
 	})
 	return ws, err
 }
@@ -321,6 +325,9 @@ func (a *Agent) attachPod(att *vlan.Attachment, hostVeth string) (err error) {
 	if n := l.Attrs().NumRxQueues; n > 0 && n < len(a.workers) {
 		return fmt.Errorf("pod %s: host veth %s has %d RX queues, the agent runs %d workers; create the veth with numrxqueues %d",
 			att.Name, hostVeth, n, len(a.workers), len(a.workers))
+	}
+	if err := checkMTU(l, a.s.cfg.UMEM.FrameSize); err != nil {
+		return fmt.Errorf("pod %s: %w", att.Name, err)
 	}
 	copy(att.HostMAC[:], l.Attrs().HardwareAddr)
 	ps := &podState{att: *att, hostVeth: hostVeth, ifindex: l.Attrs().Index}
@@ -436,4 +443,15 @@ func (a *Agent) expireConntrack(ctx context.Context) {
 			a.ct.Expire(conntrack.Time(time.Since(a.epoch)), budget)
 		}
 	}
+}
+
+// checkMTU makes sure a frame of the link's MTU, with its Ethernet header
+// and an 802.1Q tag, fits a UMEM frame after the kernel's headroom.
+func checkMTU(l netlink.Link, frameSize int) error {
+	room := frameSize - unix.XDP_PACKET_HEADROOM
+	if need := l.Attrs().MTU + 14 + 4; need > room {
+		return fmt.Errorf("%s has MTU %d: its tagged frames (%d bytes) do not fit a %d-byte UMEM frame (%d after headroom); set umem.frameSize: 4096 or lower the MTU",
+			l.Attrs().Name, l.Attrs().MTU, need, frameSize, room)
+	}
+	return nil
 }

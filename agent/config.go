@@ -63,6 +63,10 @@ type Config struct {
 	SNATPorts string `yaml:"snatPorts"`
 	// Conntrack sizes the connection table.
 	Conntrack ConntrackConfig `yaml:"conntrack"`
+	// NonMasqueradeCIDRs are the VPC's prefixes. When set, pods' TCP and
+	// UDP traffic to anywhere else is masqueraded: SNATed to nodeIP and
+	// sent untagged, as the node's own traffic. Empty: no masquerade.
+	NonMasqueradeCIDRs []string `yaml:"nonMasqueradeCIDRs"`
 }
 
 // ConntrackConfig sizes the connection table.
@@ -98,13 +102,17 @@ type ServiceConfig struct {
 
 // UMEMConfig sizes a worker's frame memory.
 type UMEMConfig struct {
-	// Frames per worker (default 8192).
+	// Frames per worker (default 4096 + 64 × podFill: enough for 64 pods;
+	// with more pods per node, 4096 + pods × podFill).
 	Frames int `yaml:"frames"`
-	// FrameSize is 2048 or 4096 (default); the trunk MTU must fit
-	// FrameSize-256-4.
+	// FrameSize is 2048 (default) or 4096; a frame with its 802.1Q tag
+	// must fit FrameSize-256 bytes: MTU 1500 needs 2048, up to 3800 needs
+	// 4096.
 	FrameSize int `yaml:"frameSize"`
 	// PodFill is how many frames an idle pod's socket keeps posted for
-	// receive (default 64); a busy pod's grows to its ring size (512).
+	// receive (default 256); a busy pod's grows to its ring size (512). A
+	// burst from a pod longer than what is posted is dropped by the kernel
+	// (stats: kernel.fillRingEmpty).
 	PodFill int `yaml:"podFill"`
 }
 
@@ -125,6 +133,7 @@ type settings struct {
 	mode       xdp.AttachMode
 	pods       []podSettings
 	services   []lb.ServiceSpec
+	nonMasq    []netip.Prefix
 	snatLo     uint16
 	snatHi     uint16
 }
@@ -169,17 +178,19 @@ func (c *Config) setDefaults() {
 	if c.WorkerPriority == 0 {
 		c.WorkerPriority = 1
 	}
-	if c.UMEM.Frames == 0 {
-		c.UMEM.Frames = 8192
-	}
 	if c.UMEM.FrameSize == 0 {
-		c.UMEM.FrameSize = 4096
+		c.UMEM.FrameSize = 2048
 	}
 	if c.SNATPorts == "" {
 		c.SNATPorts = "61000-65000"
 	}
 	if c.UMEM.PodFill == 0 {
-		c.UMEM.PodFill = 64
+		c.UMEM.PodFill = 256
+	}
+	if c.UMEM.Frames == 0 {
+		// The trunk's fill ring, its TX in flight, and podFill for each of
+		// 64 pods (kubelet allows 110; size it for your nodes).
+		c.UMEM.Frames = 2*trunkRing + c.UMEM.PodFill*64
 	}
 }
 
@@ -296,6 +307,14 @@ func (c Config) validate() (settings, error) {
 	}
 	if c.Conntrack.MaxEntries < 0 || c.Conntrack.MaxEntries > 1<<28 {
 		bad("conntrack.maxEntries", "%d: want 0 (default) ..268435456", c.Conntrack.MaxEntries)
+	}
+	for i, c := range c.NonMasqueradeCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || !p.Addr().Is4() {
+			bad(fmt.Sprintf("nonMasqueradeCIDRs[%d]", i), "%q is not an IPv4 prefix like 10.0.0.0/8", c)
+			continue
+		}
+		s.nonMasq = append(s.nonMasq, p.Masked())
 	}
 	podIPs := map[string]netip.Addr{}
 	for _, p := range s.pods {

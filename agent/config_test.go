@@ -17,7 +17,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.pods) != 2 || s.pods[1].VLAN != 102 || s.cfg.UMEM.Frames != 8192 {
+	if len(s.pods) != 2 || s.pods[1].VLAN != 102 || s.cfg.UMEM.Frames != 20480 {
 		t.Errorf("example parsed as %+v", s.cfg)
 	}
 }

@@ -31,7 +31,12 @@ const (
 	flowFromTrunk uint16 = 1 << iota
 	// flowSNAT: the client's source was translated to the node's address.
 	flowSNAT
+	// flowMasquerade: a pod's flow to outside the VPC.
+	flowMasquerade
 )
+
+// prefix4 is an IPv4 prefix as a masked address and its mask.
+type prefix4 struct{ addr, mask uint32 }
 
 // maxSNATTries bounds the ports tried for one new flow.
 const maxSNATTries = 1024
@@ -46,14 +51,18 @@ func (w *Worker) natFromTrunk(d port.Desc, b []byte) {
 }
 
 // wantsNAT reports whether a pod's IPv4 packet may belong to a translated
-// flow: to a Service frontend, from a Service backend (a reply), or to the
-// node's SNAT ports (a reply to a flow the node translated).
+// flow: to a Service frontend, from a Service backend (a reply), to the
+// node's SNAT ports (a reply to a flow the node translated), or to outside
+// the VPC (masquerade).
 func (w *Worker) wantsNAT(svcs *lb.Table) bool {
 	p := &w.pkt
 	if p.IPProto != lb.TCP && p.IPProto != lb.UDP {
 		return false
 	}
 	if p.Dst == w.nodeIP && w.snatPorts.Contains(p.DstPort) {
+		return true
+	}
+	if w.masquerades(p.Dst) {
 		return true
 	}
 	if _, ok := svcs.Lookup(lb.Frontend{IP: p.Dst, Port: p.DstPort, Proto: p.IPProto}); ok {
@@ -85,10 +94,15 @@ func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) bool {
 	if !ok {
 		svcs := w.services.Load()
 		e, isFrontend := svcs.Lookup(lb.Frontend{IP: key.DstIP, Port: key.DstPort, Proto: key.Proto})
-		if !isFrontend {
+		switch {
+		case isFrontend:
+			c, ok = w.newFlow(d, b, key, e, from)
+		case from != nil && w.masquerades(key.DstIP):
+			c, ok = w.newMasquerade(d, key)
+		default:
 			return false
 		}
-		if c, ok = w.newFlow(d, b, key, e, from); !ok {
+		if !ok {
 			return true
 		}
 		dir = conntrack.DirOriginal
@@ -135,6 +149,40 @@ func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.Frontend
 	if !snat {
 		return w.insert(d, c)
 	}
+	return w.insertSNAT(d, c, h)
+}
+
+// masquerades reports whether a pod's packet to dst leaves the node with
+// the node's address: dst is outside every non-masquerade prefix (the
+// VPC's).
+func (w *Worker) masquerades(dst [4]byte) bool {
+	if !w.masquerade {
+		return false
+	}
+	a := binary.BigEndian.Uint32(dst[:])
+	for _, p := range w.nonMasq {
+		if a&p.mask == p.addr {
+			return false
+		}
+	}
+	return true
+}
+
+// newMasquerade starts a pod's flow to outside the VPC, SNATed to the node.
+func (w *Worker) newMasquerade(d port.Desc, key conntrack.Key) (conntrack.Conn, bool) {
+	c := conntrack.Conn{
+		Orig:  key,
+		Reply: conntrack.Key{SrcIP: key.DstIP, SrcPort: key.DstPort, DstIP: key.SrcIP, DstPort: key.SrcPort, Proto: key.Proto},
+		Flags: flowMasquerade,
+	}
+	return w.insertSNAT(d, c, flowHash(key))
+}
+
+// insertSNAT gives c's reply tuple the node's address and a free SNAT port
+// toward the remote (trying from a port derived from h) and inserts it.
+// Ports are collision-free per (protocol, remote address and port): the
+// table refuses a reply tuple another flow holds.
+func (w *Worker) insertSNAT(d port.Desc, c conntrack.Conn, h uint64) (conntrack.Conn, bool) {
 	c.Flags |= flowSNAT
 	c.Reply.DstIP = w.nodeIP
 	n := w.snatPorts.Size()
@@ -149,10 +197,10 @@ func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.Frontend
 		switch {
 		case res.OK():
 			return got, true
-		case res == conntrack.Exists && got.Orig == key:
+		case res == conntrack.Exists && got.Orig == c.Orig:
 			return got, true // another worker started this flow first
 		case res == conntrack.Exists:
-			continue // the port is taken for this remote
+			continue // the port is taken toward this remote
 		}
 		return w.insertFailed(d, res)
 	}

@@ -87,7 +87,7 @@ type natRig struct {
 	ct   *conntrack.Table
 }
 
-func newNATRig(t *testing.T, specs []lb.ServiceSpec, snat PortRange) *natRig {
+func newNATRig(t *testing.T, specs []lb.ServiceSpec, snat PortRange, nonMasq ...netip.Prefix) *natRig {
 	t.Helper()
 	r := &rig{t: t, mem: porttest.NewMemory(512, 4096), poller: porttest.NewPoller()}
 	r.trunk = porttest.NewPort(r.mem)
@@ -109,7 +109,8 @@ func newNATRig(t *testing.T, specs []lb.ServiceSpec, snat PortRange) *natRig {
 		t.Fatal(err)
 	}
 	r.w, err = New(Config{Memory: r.mem, Poller: r.poller, Trunk: r.trunk, VLAN: &vptr, GatewayMAC: gatewayMAC,
-		Services: &sptr, Conntrack: ct, NodeIP: nodeIP, NodeMAC: nodeMAC, SNATPorts: snat})
+		Services: &sptr, Conntrack: ct, NodeIP: nodeIP, NodeMAC: nodeMAC, SNATPorts: snat,
+		Masquerade: len(nonMasq) > 0, NonMasquerade: nonMasq})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,5 +346,43 @@ func TestBackendAnsweringADirectClientIsNotTranslated(t *testing.T) {
 	}
 	if r.ct.Len() != 0 {
 		t.Errorf("conntrack has %d entries for an untranslated flow", r.ct.Len())
+	}
+}
+
+func TestMasqueradeToOutsideTheVPC(t *testing.T) {
+	vpc := netip.MustParsePrefix("10.100.0.0/16")
+	r := newNATRig(t, nil, PortRange{61000, 61009}, vpc)
+	outside := [4]byte{198, 18, 0, 1}
+	q := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: outside, sport: 5353, dport: 53, udp: true, payload: "q"})
+	eth, ip, pk := parsed(t, r.one(r.pods[0], q, r.trunk))
+	udp := pk.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if !ip.SrcIP.Equal(net.IP(nodeIP[:])) || udp.SrcPort < 61000 || udp.SrcPort > 61009 || eth.EthernetType != layers.EthernetTypeIPv4 ||
+		[6]byte(eth.SrcMAC) != nodeMAC || [6]byte(eth.DstMAC) != gatewayMAC {
+		t.Fatalf("masqueraded as %s:%d via %s → %s (%s); want the node's address, untagged, to the gateway", ip.SrcIP, udp.SrcPort, eth.SrcMAC, eth.DstMAC, eth.EthernetType)
+	}
+	ans := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: outside, dstIP: nodeIP, sport: 53, dport: uint16(udp.SrcPort), udp: true, payload: "a"})
+	_, ip, pk = parsed(t, r.one(r.trunk, ans, r.pods[0]))
+	udp = pk.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if !ip.DstIP.Equal(net.IP(pods[0].IP[:])) || udp.DstPort != 5353 || !ip.SrcIP.Equal(net.IP(outside[:])) {
+		t.Fatalf("answer reached %s:%d from %s", ip.DstIP, udp.DstPort, ip.SrcIP)
+	}
+	// Inside the VPC: no masquerade, the pod's own address and tag.
+	in := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: client, sport: 5353, dport: 53, udp: true})
+	got := r.one(r.pods[0], in, r.trunk)
+	if got[12] != 0x81 {
+		t.Errorf("traffic inside the VPC left untagged: %x", got)
+	}
+	// 15 flows to one remote over 10 ports: 10 work, 5 are dropped.
+	for i := range 15 {
+		if err := r.pods[1].Inject(l4frame(t, l4spec{src: pods[1].MAC, dst: pods[1].HostMAC, srcIP: pods[1].IP, dstIP: outside, sport: uint16(30000 + i), dport: 53, udp: true})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.run()
+	if n := len(r.trunk.Sent()); n != 9 { // the first pod's flow holds one port
+		t.Errorf("%d of 15 new flows left, want 9", n)
+	}
+	if d := r.drops()["snat_exhausted"]; d != 6 {
+		t.Errorf("snat_exhausted = %d, want 6", d)
 	}
 }

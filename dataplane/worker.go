@@ -6,8 +6,10 @@ package dataplane
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +79,11 @@ type Config struct {
 	NodeMAC [6]byte
 	// SNATPorts are the node ports SNAT uses.
 	SNATPorts PortRange
+	// Masquerade SNATs pods' TCP and UDP flows to destinations outside
+	// NonMasquerade (the VPC's prefixes) to the node's address; they leave
+	// untagged, as the node's own traffic.
+	Masquerade    bool
+	NonMasquerade []netip.Prefix
 	// MaxBusy bounds how long the worker runs without blocking; then it
 	// sleeps BusyPause, so that a worker with real-time priority never
 	// starves the threads that share its core (among them the NAPI thread
@@ -98,14 +105,16 @@ type Worker struct {
 	maxBusy   time.Duration
 	busyPause time.Duration
 
-	services  *atomic.Pointer[lb.Table]
-	ct        *conntrack.Table
-	epoch     time.Time
-	now       conntrack.Time // once per batch
-	nodeIP    [4]byte
-	nodeMAC   [6]byte
-	snatPorts PortRange
-	scratch   [128]byte
+	services   *atomic.Pointer[lb.Table]
+	ct         *conntrack.Table
+	epoch      time.Time
+	now        conntrack.Time // once per batch
+	nodeIP     [4]byte
+	nodeMAC    [6]byte
+	snatPorts  PortRange
+	masquerade bool
+	nonMasq    []prefix4
+	scratch    [128]byte
 
 	ports   []*out // by port index; nil where none
 	touched []int  // ports to flush after this round
@@ -179,27 +188,38 @@ func New(c Config) (*Worker, error) {
 		c.TrunkCounters = new(PortCounters)
 	}
 	w := &Worker{
-		mem:       c.Memory.Bytes(),
-		memory:    c.Memory,
-		slotMask:  c.Memory.FrameSize() - 1,
-		poller:    c.Poller,
-		vlanTable: c.VLAN,
-		gateway:   c.GatewayMAC,
-		batch:     c.Batch,
-		maxBusy:   c.MaxBusy,
-		busyPause: c.BusyPause,
-		services:  c.Services,
-		ct:        c.Conntrack,
-		epoch:     c.Epoch,
-		nodeIP:    c.NodeIP,
-		nodeMAC:   c.NodeMAC,
-		snatPorts: c.SNATPorts,
-		ports:     make([]*out, 1+vlan.MaxAttachments),
-		rx:        make([]port.Desc, c.Batch),
-		drop:      make([]port.Desc, 0, c.Batch),
-		ready:     make([]int, 1+vlan.MaxAttachments),
-		touched:   make([]int, 0, 1+vlan.MaxAttachments),
-		ctl:       make(chan func(), 16),
+		mem:        c.Memory.Bytes(),
+		memory:     c.Memory,
+		slotMask:   c.Memory.FrameSize() - 1,
+		poller:     c.Poller,
+		vlanTable:  c.VLAN,
+		gateway:    c.GatewayMAC,
+		batch:      c.Batch,
+		maxBusy:    c.MaxBusy,
+		busyPause:  c.BusyPause,
+		services:   c.Services,
+		ct:         c.Conntrack,
+		epoch:      c.Epoch,
+		nodeIP:     c.NodeIP,
+		nodeMAC:    c.NodeMAC,
+		snatPorts:  c.SNATPorts,
+		masquerade: c.Masquerade && c.Services != nil,
+		ports:      make([]*out, 1+vlan.MaxAttachments),
+		rx:         make([]port.Desc, c.Batch),
+		drop:       make([]port.Desc, 0, c.Batch),
+		ready:      make([]int, 1+vlan.MaxAttachments),
+		touched:    make([]int, 0, 1+vlan.MaxAttachments),
+		ctl:        make(chan func(), 16),
+	}
+	for _, p := range c.NonMasquerade {
+		if !p.Addr().Is4() {
+			continue
+		}
+		mask := ^uint32(0) << (32 - p.Bits())
+		if p.Bits() == 0 {
+			mask = 0
+		}
+		w.nonMasq = append(w.nonMasq, prefix4{addr: binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()), mask: mask})
 	}
 	w.ports[trunkIndex] = w.newOut(c.Trunk, c.TrunkCounters)
 	return w, nil

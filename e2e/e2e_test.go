@@ -50,6 +50,8 @@ func TestMain(m *testing.M) {
 type env struct {
 	t *testing.T
 	b *bed.Bed
+	// configPath is the agent config startAgent uses; the bed's by default.
+	configPath string
 }
 
 func newEnv(t *testing.T, prefix string, pods int) *env {
@@ -83,14 +85,14 @@ func newEnv(t *testing.T, prefix string, pods int) *env {
 		}
 		t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
 	}
-	return &env{t: t, b: b}
+	return &env{t: t, b: b, configPath: b.ConfigPath}
 }
 
 func (e *env) startAgent(args ...string) *agentproc.Proc {
 	e.t.Helper()
 	var log bytes.Buffer
 	p, err := agentproc.Start(context.Background(), agentproc.Options{
-		Binary: binary, Netns: e.b.Node.Netns, Config: e.b.ConfigPath, Socket: e.b.APISocket(), Args: args, Log: &syncWriter{w: &log},
+		Binary: binary, Netns: e.b.Node.Netns, Config: e.configPath, Socket: e.b.APISocket(), Args: args, Log: &syncWriter{w: &log},
 	})
 	if err != nil {
 		e.t.Fatalf("start agent: %v\n%s", err, log.String())

@@ -56,6 +56,7 @@ pods:
 func TestNativeAttachFailureSaysWhatToDo(t *testing.T) {
 	privtest.Require(t)
 	ns := privtest.Netns(t, fmt.Sprintf("tlatt%d", os.Getpid()%10000))
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "lo", "mtu", "1500") // fits a UMEM frame
 	cfg := filepath.Join(t.TempDir(), "lo.yaml")
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("trunk: lo\nnodeIP: 10.0.0.2\ngatewayMAC: \"02:00:00:00:00:01\"\napiSocket: %s\n", sock)), 0o644)

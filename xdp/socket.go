@@ -33,9 +33,9 @@ type SocketOptions struct {
 	// FillTarget is the most free frames the socket keeps posted in its
 	// fill ring; default FillSize.
 	FillTarget int
-	// FillMin is how many it keeps posted while idle; while its receive
-	// batches come back full the socket doubles what it posts, up to
-	// FillTarget, and halves it again when idle. Default FillTarget. Pod
+	// FillMin is how many it keeps posted while idle; when a receive
+	// finds every posted frame used, or a whole batch, the socket doubles
+	// what it posts, up to FillTarget, and halves it again when idle. Default FillTarget. Pod
 	// sockets start small, so an idle pod costs rings, not frames.
 	FillMin int
 	// Reserve is how many free frames refilling this socket leaves for the
@@ -112,6 +112,7 @@ type Socket struct {
 	txPending   int // frames put on TX, not yet seen on completion
 	fillWant    int // frames to keep posted now, FillMin..FillTarget
 	rxSince     int // frames received since the last Flush
+	idleFlushes int // Flushes in a row with nothing received
 
 	// Kick statistics, read by the owner.
 	Kicks, KickErrors uint64
@@ -238,7 +239,9 @@ func (s *Socket) Receive(descs []port.Desc) int {
 	s.rx.release(n)
 	s.fillPending -= int(n)
 	s.rxSince += int(n)
-	if int(n) == len(descs) && s.fillWant < s.opts.FillTarget {
+	// The kernel used every frame we posted (or a whole batch came in): a
+	// burst, and the next frames may find the fill ring empty. Post more.
+	if (s.fillPending == 0 || int(n) == len(descs)) && s.fillWant < s.opts.FillTarget {
 		s.fillWant = min(2*s.fillWant, s.opts.FillTarget)
 	}
 	return int(n)
@@ -257,6 +260,10 @@ func (s *Socket) Transmit(descs []port.Desc) int {
 	}
 	return int(n)
 }
+
+// idleFlushes is how many flushes in a row without receiving halve what a
+// socket keeps posted (a worker flushes idle ports about every 1–1000 ms).
+const idleFlushes = 64
 
 // maxKicks bounds the sendto() calls one Flush makes when the kernel keeps
 // descriptors queued (EBUSY: the device dropped one; the rest stay).
@@ -284,8 +291,15 @@ func (s *Socket) Flush() {
 		}
 	}
 	s.complete()
-	if s.rxSince == 0 && s.fillWant > s.opts.FillMin {
-		s.fillWant = max(s.fillWant/2, s.opts.FillMin)
+	if s.rxSince == 0 {
+		// Idle since the last flush: after idleFlushes in a row, post
+		// half as much (until FillMin).
+		if s.idleFlushes++; s.idleFlushes >= idleFlushes && s.fillWant > s.opts.FillMin {
+			s.fillWant = max(s.fillWant/2, s.opts.FillMin)
+			s.idleFlushes = 0
+		}
+	} else {
+		s.idleFlushes = 0
 	}
 	s.rxSince = 0
 	s.refill()

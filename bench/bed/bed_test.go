@@ -218,6 +218,7 @@ func TestLayoutAndConfig(t *testing.T) {
 		"    ip: 10.100.1.2\n" +
 		"    mac: \"02:00:0a:64:01:02\"\n" +
 		"    hostVeth: hpod2\n" +
+		"nonMasqueradeCIDRs: [10.100.0.0/16]\n" +
 		"services:\n" +
 		"  - name: default/web\n"
 	if got := b.agentConfig(); !strings.HasPrefix(got, want) {

@@ -38,6 +38,7 @@ func (b *Bed) agentConfig() string {
 		fmt.Fprintf(&s, "    mac: %q\n", p.MAC.String())
 		fmt.Fprintf(&s, "    hostVeth: %s\n", yamlString(p.HostVeth))
 	}
+	fmt.Fprintf(&s, "nonMasqueradeCIDRs: [%s]\n", vpcPrefix)
 	fmt.Fprintf(&s, "services:\n")
 	for _, sv := range b.Services {
 		fmt.Fprintf(&s, "  - name: %s\n", yamlString(sv.Name))
