@@ -54,6 +54,9 @@ type Agent struct {
 	mu   sync.Mutex // guards pods
 	pods []*podState
 
+	svcMu   sync.Mutex      // serialises Service updates; guards svcCfgs
+	svcCfgs []ServiceConfig // the Services now served
+
 	ready atomic.Bool
 }
 
@@ -131,6 +134,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return err
 	}
 	a.services.Store(svcs)
+	a.svcCfgs = cfg.Services
 	if a.progs, err = xdp.LoadPrograms(); err != nil {
 		return err
 	}

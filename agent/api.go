@@ -189,6 +189,8 @@ func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /"+APIVersion+"/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.Stats()) })
 	mux.HandleFunc("GET /"+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.Status()) })
+	mux.HandleFunc("GET /"+APIVersion+"/services", a.handleServices)
+	mux.HandleFunc("PUT /"+APIVersion+"/services", a.handleServices)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !a.ready.Load() {

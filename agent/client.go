@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -30,6 +31,10 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 	if err != nil {
 		return err
 	}
+	return c.do(req, v)
+}
+
+func (c *Client) do(req *http.Request, v any) error {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("agent API at %s: %w (is the agent running?)", c.socket, err)
@@ -37,12 +42,33 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("agent API %s: %s: %s", path, resp.Status, b)
+		return fmt.Errorf("agent API %s %s: %s: %s", req.Method, req.URL.Path, resp.Status, b)
 	}
 	if v == nil {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// UpdateServices replaces the agent's Services.
+func (c *Client) UpdateServices(ctx context.Context, svcs []ServiceConfig) (ServicesUpdate, error) {
+	body, err := json.Marshal(ServicesBody{Services: svcs})
+	if err != nil {
+		return ServicesUpdate{}, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://trunkline/"+APIVersion+"/services", bytes.NewReader(body))
+	if err != nil {
+		return ServicesUpdate{}, err
+	}
+	var res ServicesUpdate
+	return res, c.do(req, &res)
+}
+
+// Services fetches the Services the agent serves.
+func (c *Client) Services(ctx context.Context) ([]ServiceConfig, error) {
+	var body ServicesBody
+	err := c.get(ctx, "/"+APIVersion+"/services", &body)
+	return body.Services, err
 }
 
 // Stats fetches every counter.

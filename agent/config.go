@@ -79,25 +79,28 @@ type ConntrackConfig struct {
 // ServiceConfig is one Service port.
 type ServiceConfig struct {
 	// Name is namespace/name (and :port) for people and metrics.
-	Name string `yaml:"name"`
+	Name string `yaml:"name" json:"name,omitempty"`
 	// Protocol is TCP (default) or UDP.
-	Protocol   string `yaml:"protocol"`
-	Port       int    `yaml:"port"`
-	TargetPort int    `yaml:"targetPort"`
-	ClusterIP  string `yaml:"clusterIP"`
+	Protocol   string `yaml:"protocol" json:"protocol,omitempty"`
+	Port       int    `yaml:"port" json:"port,omitempty"`
+	TargetPort int    `yaml:"targetPort" json:"targetPort,omitempty"`
+	ClusterIP  string `yaml:"clusterIP" json:"clusterIP,omitempty"`
 	// NodePort is served on nodeIP:nodePort; 0: none.
-	NodePort        int      `yaml:"nodePort"`
-	ExternalIPs     []string `yaml:"externalIPs"`
-	LoadBalancerIPs []string `yaml:"loadBalancerIPs"`
+	NodePort        int      `yaml:"nodePort" json:"nodePort,omitempty"`
+	ExternalIPs     []string `yaml:"externalIPs" json:"externalIPs,omitempty"`
+	LoadBalancerIPs []string `yaml:"loadBalancerIPs" json:"loadBalancerIPs,omitempty"`
 	// ExternalTrafficPolicy is Cluster (default: SNAT to the node, any
 	// backend) or Local (node-local backends only, client IP kept).
-	ExternalTrafficPolicy string `yaml:"externalTrafficPolicy"`
+	ExternalTrafficPolicy string `yaml:"externalTrafficPolicy" json:"externalTrafficPolicy,omitempty"`
 	// SessionAffinity is None (default) or ClientIP.
-	SessionAffinity        string `yaml:"sessionAffinity"`
-	SessionAffinitySeconds int    `yaml:"sessionAffinitySeconds"`
+	SessionAffinity        string `yaml:"sessionAffinity" json:"sessionAffinity,omitempty"`
+	SessionAffinitySeconds int    `yaml:"sessionAffinitySeconds" json:"sessionAffinitySeconds,omitempty"`
 	// Backends are pod names of this file or IPv4 addresses (pods on other
 	// nodes), each served on TargetPort.
-	Backends []string `yaml:"backends"`
+	Backends []string `yaml:"backends" json:"backends,omitempty"`
+	// TerminatingBackends are backends that are shutting down (serving,
+	// not ready): their flows go on, they get no new ones.
+	TerminatingBackends []string `yaml:"terminatingBackends" json:"terminatingBackends,omitempty"`
 }
 
 // UMEMConfig sizes a worker's frame memory.
@@ -316,21 +319,12 @@ func (c Config) validate() (settings, error) {
 		}
 		s.nonMasq = append(s.nonMasq, p.Masked())
 	}
-	podIPs := map[string]netip.Addr{}
-	for _, p := range s.pods {
-		podIPs[p.Name] = p.ip
-	}
-	for i, sc := range c.Services {
-		spec, perrs := sc.spec(fmt.Sprintf("services[%d]", i), podIPs, s.nodeIP)
-		errs = append(errs, perrs...)
-		if len(perrs) == 0 {
-			s.services = append(s.services, spec)
-		}
-	}
 	if len(errs) == 0 {
-		if _, err := lb.Build(s.nodeIP, s.services, 0); err != nil {
-			bad("services", "%v", err)
+		specs, err := s.serviceSpecs(c.Services)
+		if err != nil {
+			errs = append(errs, err)
 		}
+		s.services = specs
 	}
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%w:\n  %w", ErrInvalidConfig, joinIndented(errs))
@@ -456,18 +450,49 @@ func (sc ServiceConfig) spec(path string, podIPs map[string]netip.Addr, nodeIP n
 	default:
 		bad("sessionAffinity", "%q: want None or ClientIP", sc.SessionAffinity)
 	}
-	for i, b := range sc.Backends {
+	backend := func(field, b string, ready bool) {
 		ip, local := podIPs[b]
 		if !local {
 			var ok bool
-			if ip, ok = addr(fmt.Sprintf("backends[%d]", i), b); !ok {
-				continue
+			if ip, ok = addr(field, b); !ok {
+				return
 			}
 			for _, pip := range podIPs {
 				local = local || pip == ip
 			}
 		}
-		sp.Backends = append(sp.Backends, lb.Backend{IP: ip.As4(), Port: target, Ready: true, Serving: true, Local: local})
+		sp.Backends = append(sp.Backends, lb.Backend{IP: ip.As4(), Port: target, Ready: ready, Serving: true, Local: local})
+	}
+	for i, b := range sc.Backends {
+		backend(fmt.Sprintf("backends[%d]", i), b, true)
+	}
+	for i, b := range sc.TerminatingBackends {
+		backend(fmt.Sprintf("terminatingBackends[%d]", i), b, false)
 	}
 	return sp, errs
+}
+
+// serviceSpecs checks Service configs against the pods and node of these
+// settings, reporting every problem with its path, and builds them once to
+// find conflicts between them.
+func (s *settings) serviceSpecs(cfgs []ServiceConfig) ([]lb.ServiceSpec, error) {
+	podIPs := map[string]netip.Addr{}
+	for _, p := range s.pods {
+		podIPs[p.Name] = p.ip
+	}
+	var specs []lb.ServiceSpec
+	var errs []error
+	for i, sc := range cfgs {
+		spec, perrs := sc.spec(fmt.Sprintf("services[%d]", i), podIPs, s.nodeIP)
+		errs = append(errs, perrs...)
+		if len(perrs) == 0 {
+			specs = append(specs, spec)
+		}
+	}
+	if len(errs) == 0 {
+		if _, err := lb.Build(s.nodeIP, specs, 0); err != nil {
+			errs = append(errs, fmt.Errorf("services: %w", err))
+		}
+	}
+	return specs, errors.Join(errs...)
 }

@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"github.com/trunkline/trunkline/lb"
+	"github.com/trunkline/trunkline/lb/conntrack"
+)
+
+// ServicesUpdate is the answer of PUT /v1/services.
+type ServicesUpdate struct {
+	Services int `json:"services"`
+	// ExpiredFlows are UDP flows to backends that went away, removed at
+	// once so their clients' next datagrams pick a live backend.
+	ExpiredFlows int `json:"expiredFlows"`
+}
+
+// ServicesBody is the body of PUT /v1/services and the answer of GET.
+type ServicesBody struct {
+	Services []ServiceConfig `json:"services"`
+}
+
+// UpdateServices replaces every Service: it builds a new table off the hot
+// path and swaps it in (no packet sees half an update), steers the new
+// frontends, and expires the UDP flows of removed backends. Flows to
+// backends still present never move; terminating backends keep their
+// flows and get no new ones.
+func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
+	a.svcMu.Lock()
+	defer a.svcMu.Unlock()
+	specs, err := a.s.serviceSpecs(cfgs)
+	if err != nil {
+		return ServicesUpdate{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	t, err := lb.Build(a.s.nodeIP, specs, 0)
+	if err != nil {
+		return ServicesUpdate{}, err
+	}
+	old := a.services.Swap(t)
+	a.svcCfgs = slices.Clone(cfgs)
+	if err := a.steerServices(t); err != nil {
+		return ServicesUpdate{}, err
+	}
+	gone := map[lb.Frontend]bool{}
+	for _, s := range old.Services() {
+		for _, b := range s.Backends {
+			if f := (lb.Frontend{IP: b.IP, Port: b.Port, Proto: s.Proto}); !t.IsEndpoint(f) {
+				gone[f] = true
+			}
+		}
+	}
+	expired := 0
+	if len(gone) > 0 {
+		expired = a.ct.DeleteIf(func(c *conntrack.Conn) bool {
+			return c.Orig.Proto == lb.UDP && gone[lb.Frontend{IP: c.Reply.SrcIP, Port: c.Reply.SrcPort, Proto: lb.UDP}]
+		})
+	}
+	a.log.Info("services updated", "services", len(specs), "frontends", t.Len(), "removedBackends", len(gone), "expiredUDPFlows", expired)
+	return ServicesUpdate{Services: len(specs), ExpiredFlows: expired}, nil
+}
+
+func (a *Agent) handleServices(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		a.svcMu.Lock()
+		body := ServicesBody{Services: a.svcCfgs}
+		a.svcMu.Unlock()
+		writeJSON(w, body)
+		return
+	}
+	var body ServicesBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		http.Error(w, "services: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	res, err := a.UpdateServices(body.Services)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrInvalidConfig) {
+			code = http.StatusBadRequest
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	writeJSON(w, res)
+}
