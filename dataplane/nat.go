@@ -45,6 +45,9 @@ const maxSNATTries = 1024
 // the socket: traffic to a Service frontend, or a reply to a translated
 // flow.
 func (w *Worker) natFromTrunk(d port.Desc, b []byte) {
+	if w.pkt.EtherType == packet.EtherTypeIPv4 && w.pkt.Status == packet.StatusOK && w.isICMPError() && w.natICMPError(d, b) {
+		return
+	}
 	if !w.nat(d, b, nil) {
 		w.dropFrame(d, DropNoService)
 	}

@@ -386,3 +386,48 @@ func TestMasqueradeToOutsideTheVPC(t *testing.T) {
 		t.Errorf("snat_exhausted = %d, want 6", d)
 	}
 }
+
+func TestICMPErrorFromABackendIsTranslatedBack(t *testing.T) {
+	spec := clusterIP(backendOf(pods[1], 9000))
+	spec.Proto, spec.Port = lb.UDP, 53
+	r := newNATRig(t, []lb.ServiceSpec{spec}, PortRange{61000, 61099})
+	q := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 5353, dport: 53, udp: true, payload: "a big datagram"})
+	translated := r.one(r.trunk, q, r.pods[1])
+
+	// The backend answers with "fragmentation needed, MTU 1400", quoting
+	// the datagram as it received it.
+	quoted := translated[14:]
+	eth := &layers.Ethernet{SrcMAC: pods[1].MAC[:], DstMAC: pods[1].HostMAC[:], EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: pods[1].IP[:], DstIP: client[:]}
+	icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, icmp, gopacket.Payload(quoted)); err != nil {
+		t.Fatal(err)
+	}
+	got := r.one(r.pods[1], buf.Bytes(), r.trunk)
+	_, oip, pk := parsed(t, got)
+	if !oip.SrcIP.Equal(net.IP(vip[:])) || !oip.DstIP.Equal(net.IP(client[:])) {
+		t.Errorf("the error goes %s → %s, want %v → %v", oip.SrcIP, oip.DstIP, net.IP(vip[:]), net.IP(client[:]))
+	}
+	ic := pk.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if ic.TypeCode != layers.CreateICMPv4TypeCode(3, 4) || ic.Seq != 1400 {
+		t.Errorf("ICMP %v seq %d, want fragmentation needed, MTU 1400", ic.TypeCode, ic.Seq)
+	}
+	in := gopacket.NewPacket(ic.Payload, layers.LayerTypeIPv4, gopacket.Default)
+	iip, _ := in.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	iudp, _ := in.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if iip == nil || iudp == nil {
+		t.Fatalf("quoted packet: %v", in)
+	}
+	if !iip.SrcIP.Equal(net.IP(client[:])) || !iip.DstIP.Equal(net.IP(vip[:])) || iudp.SrcPort != 5353 || iudp.DstPort != 53 {
+		t.Errorf("quoted packet %s:%d → %s:%d, want the client's own %v:5353 → %v:53", iip.SrcIP, iudp.SrcPort, iip.DstIP, iudp.DstPort, net.IP(client[:]), net.IP(vip[:]))
+	}
+	if !packet.IPv4(ic.Payload).ValidChecksum() {
+		t.Error("quoted IPv4 header checksum is wrong")
+	}
+	// The quoted UDP checksum still matches the quoted datagram.
+	want := packet.UDP(q[14+20:])
+	if iudp.Checksum != want.Checksum() {
+		t.Errorf("quoted UDP checksum %#04x, want the client's %#04x", iudp.Checksum, want.Checksum())
+	}
+}

@@ -540,6 +540,9 @@ func (w *Worker) fromTrunk(tbl *vlan.Table, d port.Desc) {
 		// A reply from a backend elsewhere to a pod's Service flow.
 		if svcs := w.services.Load(); svcs != nil && svcs.IsRemoteBackend(p.Src) {
 			p.Decode(b)
+			if w.isICMPError() && w.natICMPError(d, b) {
+				return
+			}
 			if w.nat(d, b, a) {
 				return
 			}
@@ -594,6 +597,9 @@ func (w *Worker) fromPod(tbl *vlan.Table, a *vlan.Attachment, d port.Desc) {
 	if p.EtherType == packet.EtherTypeIPv4 {
 		if p.Src != a.IP {
 			w.dropFrame(d, DropSpoofedSource)
+			return
+		}
+		if w.ct != nil && w.isICMPError() && w.natICMPError(d, b) {
 			return
 		}
 		if w.services != nil {
