@@ -124,21 +124,28 @@ func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) bool {
 // a backend, decides on SNAT and inserts the connection. It reports false
 // when the frame was dropped or answered.
 func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.FrontendEntry, from *vlan.Attachment) (conntrack.Conn, bool) {
-	svc := e.Service
 	h := flowHash(key)
-	if svc.Affinity > 0 {
-		h = mix64(uint64(binary.BigEndian.Uint32(key.SrcIP[:])))
+	var (
+		idx int
+		be  lb.Backend
+	)
+	if e.Only {
+		idx, be = int(e.OnlyIndex), e.OnlyBackend
+	} else {
+		svc := e.Service
+		if e.Affinity {
+			h = mix64(uint64(binary.BigEndian.Uint32(key.SrcIP[:])))
+		}
+		if idx = svc.Pick(h, e.External()); idx < 0 {
+			w.reject(d, b)
+			return conntrack.Conn{}, false
+		}
+		be = svc.Backends[idx]
 	}
-	idx := svc.Pick(h, e.External())
-	if idx < 0 {
-		w.reject(d, b)
-		return conntrack.Conn{}, false
-	}
-	be := svc.Backends[idx]
 	c := conntrack.Conn{
 		Orig:      key,
 		Reply:     conntrack.Key{SrcIP: be.IP, SrcPort: be.Port, DstIP: key.SrcIP, DstPort: key.SrcPort, Proto: key.Proto},
-		ServiceID: svc.ID,
+		ServiceID: e.ServiceID,
 		Backend:   uint32(idx),
 	}
 	if from == nil {
@@ -148,7 +155,7 @@ func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.Frontend
 	// through here: external traffic under policy Cluster, a client from
 	// the trunk to a backend elsewhere, and a pod reaching itself
 	// (hairpin: it would answer itself directly).
-	snat := (e.External() && !svc.ExternalLocal) || (from == nil && !be.Local) || key.SrcIP == be.IP
+	snat := (e.External() && !e.Service.ExternalLocal) || (from == nil && !be.Local) || key.SrcIP == be.IP
 	if !snat {
 		return w.insert(d, c)
 	}

@@ -119,13 +119,41 @@ func (s *Service) Pick(h uint64, external bool) int {
 	return s.all.Lookup(h)
 }
 
+// only returns the single backend that takes new flows from a frontend of
+// the kind (external or not), if there is exactly one.
+func (s *Service) only(external bool) (int, bool) {
+	idx := -1
+	for i, b := range s.Backends {
+		if !b.Ready || (external && s.ExternalLocal && !b.Local) {
+			continue
+		}
+		if idx >= 0 {
+			return 0, false
+		}
+		idx = i
+	}
+	return idx, idx >= 0
+}
+
 // Bytes is the memory the Service's tables hold.
 func (s *Service) Bytes() int { return s.all.Bytes() + s.local.Bytes() }
 
-// FrontendEntry is what a frontend maps to.
+// FrontendEntry is what a frontend maps to. For a frontend with exactly
+// one backend that takes new flows, it carries that backend too, so a new
+// flow needs no further memory access than the lookup's.
 type FrontendEntry struct {
 	Service *Service
 	Kind    Kind
+	// Only is set when exactly one backend takes new flows through this
+	// frontend: OnlyIndex is its index in Service.Backends and OnlyBackend
+	// a copy.
+	Only        bool
+	OnlyIndex   uint16
+	OnlyBackend Backend
+	// ServiceID is Service.ID.
+	ServiceID uint32
+	// Affinity is Service.Affinity > 0.
+	Affinity bool
 }
 
 // External reports whether the frontend is reached from outside the
@@ -224,7 +252,11 @@ func Build(nodeIP netip.Addr, specs []ServiceSpec, tableSize int) (*Table, error
 				errs = append(errs, fmt.Errorf("service %q: frontend %s is also service %q's", sp.Name, f, prev.Service.Name))
 				return
 			}
-			t.frontends[f] = FrontendEntry{Service: svc, Kind: kind}
+			e := FrontendEntry{Service: svc, Kind: kind, ServiceID: svc.ID, Affinity: svc.Affinity > 0}
+			if i, ok := svc.only(e.External()); ok {
+				e.Only, e.OnlyIndex, e.OnlyBackend = true, uint16(i), svc.Backends[i]
+			}
+			t.frontends[f] = e
 			if kind != NodePort {
 				t.vips[f.IP] = struct{}{}
 			} else {
