@@ -1,31 +1,16 @@
 package bench
 
 import (
-	"bytes"
-	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 
+	"github.com/trunkline/trunkline/bench/bed"
 	"golang.org/x/sys/unix"
 )
 
 // run runs a command and wraps a failure with its command line and stderr.
-func run(ctx context.Context, name string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = strings.TrimSpace(stdout.String())
-		}
-		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
-	}
-	return stdout.String(), nil
-}
+var run = bed.Run
 
 // Machine describes the machine a report was measured on.
 type Machine struct {

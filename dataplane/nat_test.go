@@ -89,15 +89,6 @@ type natRig struct {
 
 func newNATRig(t *testing.T, specs []lb.ServiceSpec, snat PortRange, nonMasq ...netip.Prefix) *natRig {
 	t.Helper()
-	r := &rig{t: t, mem: porttest.NewMemory(512, 4096), poller: porttest.NewPoller()}
-	r.trunk = porttest.NewPort(r.mem)
-	r.poller.Set(TrunkIndex, r.trunk)
-	tbl, err := vlan.NewTable(pods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vptr atomic.Pointer[vlan.Table]
-	vptr.Store(tbl)
 	st, err := lb.Build(netip.AddrFrom4(nodeIP), specs, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -108,23 +99,9 @@ func newNATRig(t *testing.T, specs []lb.ServiceSpec, snat PortRange, nonMasq ...
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.w, err = New(Config{Memory: r.mem, Poller: r.poller, Trunk: r.trunk, VLAN: &vptr, GatewayMAC: gatewayMAC,
-		Services: &sptr, Conntrack: ct, NodeIP: nodeIP, NodeMAC: nodeMAC, SNATPorts: snat,
-		Masquerade: len(nonMasq) > 0, NonMasquerade: nonMasq})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range pods {
-		p := porttest.NewPort(r.mem)
-		c := new(PortCounters)
-		r.pods = append(r.pods, p)
-		r.podC = append(r.podC, c)
-		r.w.AttachPod(a.ID, p, c, func() { r.poller.Set(PodIndex(a.ID), p) })
-	}
-	t.Cleanup(func() {
-		if free := r.mem.Free(); free != r.mem.Frames() {
-			t.Errorf("%d of %d frames free after the test: frames leaked", free, r.mem.Frames())
-		}
+	r := newRigWith(t, 512, func(c *Config) {
+		c.Services, c.Conntrack, c.NodeIP, c.NodeMAC, c.SNATPorts = &sptr, ct, nodeIP, nodeMAC, snat
+		c.Masquerade, c.NonMasquerade = len(nonMasq) > 0, nonMasq
 	})
 	return &natRig{rig: r, svcs: &sptr, ct: ct}
 }

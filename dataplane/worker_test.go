@@ -33,9 +33,13 @@ type rig struct {
 	podC   []*PortCounters
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWith(t, 256, nil) }
+
+// newRigWith builds a rig of frames slots whose worker config more may
+// complete.
+func newRigWith(t *testing.T, frames int, more func(*Config)) *rig {
 	t.Helper()
-	r := &rig{t: t, mem: porttest.NewMemory(256, 4096), poller: porttest.NewPoller()}
+	r := &rig{t: t, mem: porttest.NewMemory(frames, 4096), poller: porttest.NewPoller()}
 	r.trunk = porttest.NewPort(r.mem)
 	r.poller.Set(TrunkIndex, r.trunk)
 	tbl, err := vlan.NewTable(pods)
@@ -44,7 +48,11 @@ func newRig(t *testing.T) *rig {
 	}
 	var ptr atomic.Pointer[vlan.Table]
 	ptr.Store(tbl)
-	r.w, err = New(Config{Memory: r.mem, Poller: r.poller, Trunk: r.trunk, VLAN: &ptr, GatewayMAC: gatewayMAC})
+	c := Config{Memory: r.mem, Poller: r.poller, Trunk: r.trunk, VLAN: &ptr, GatewayMAC: gatewayMAC}
+	if more != nil {
+		more(&c)
+	}
+	r.w, err = New(c)
 	if err != nil {
 		t.Fatal(err)
 	}

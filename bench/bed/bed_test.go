@@ -354,7 +354,7 @@ func TestBed(t *testing.T) {
 		// The kernel fact the bed is built around: with TX VLAN offload on,
 		// the tag tc pushes stays in skb metadata across the veth, and XDP
 		// on the trunk sees an untagged frame.
-		if _, err := run(ctx, "ip", "netns", "exec", b.Wire.Netns, "ethtool", "-K", "wire", "txvlan", "on"); err != nil {
+		if _, err := Run(ctx, "ip", "netns", "exec", b.Wire.Netns, "ethtool", "-K", "wire", "txvlan", "on"); err != nil {
 			t.Fatal(err)
 		}
 		before = counts(t, c)
@@ -437,7 +437,7 @@ func TestBed(t *testing.T) {
 		if got := readSysctl(t, b.Node.Netns, "net.ipv4.conf.trunk.proxy_arp"); got != "0" {
 			t.Errorf("proxy_arp = %s after disable", got)
 		}
-		out, err := run(ctx, "ip", "netns", "exec", b.Node.Netns, "tc", "qdisc", "show", "dev", "trunk")
+		out, err := Run(ctx, "ip", "netns", "exec", b.Node.Netns, "tc", "qdisc", "show", "dev", "trunk")
 		if err != nil || strings.Contains(out, "clsact") {
 			t.Errorf("trunk qdiscs after disable: %q %v", out, err)
 		}
@@ -553,7 +553,7 @@ func checkLinks(t *testing.T, ctx context.Context, b *Bed) {
 		{b.Pods[0].Netns, "eth0", []string{"tx-checksumming"}},
 		{b.Pods[2].Netns, "eth0", []string{"tx-checksumming"}},
 	} {
-		out, err := run(ctx, "ip", "netns", "exec", c.netns, "ethtool", "-k", c.ifname)
+		out, err := Run(ctx, "ip", "netns", "exec", c.netns, "ethtool", "-k", c.ifname)
 		if err != nil {
 			t.Error(err)
 			continue
@@ -565,11 +565,11 @@ func checkLinks(t *testing.T, ctx context.Context, b *Bed) {
 		}
 	}
 
-	out, err := run(ctx, "ip", "netns", "exec", b.Wire.Netns, "tc", "filter", "show", "dev", "wire", "egress")
+	out, err := Run(ctx, "ip", "netns", "exec", b.Wire.Netns, "tc", "filter", "show", "dev", "wire", "egress")
 	if err != nil || !strings.Contains(out, "wire_egress") || !strings.Contains(out, "direct-action") {
 		t.Errorf("wire egress filter: %q %v", out, err)
 	}
-	out, err = run(ctx, "ip", "netns", "exec", b.Wire.Netns, "tc", "filter", "show", "dev", "wire", "ingress")
+	out, err = Run(ctx, "ip", "netns", "exec", b.Wire.Netns, "tc", "filter", "show", "dev", "wire", "ingress")
 	if err != nil || !strings.Contains(out, "pop_ingress") {
 		t.Errorf("wire ingress filter: %q %v", out, err)
 	}

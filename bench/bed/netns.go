@@ -67,8 +67,8 @@ func withHandle(netns string, fn func(h *netlink.Handle) error) error {
 	return fn(h)
 }
 
-// run runs a command and wraps a failure with its command line and stderr.
-func run(ctx context.Context, name string, args ...string) (string, error) {
+// Run runs a command and wraps a failure with its command line and stderr.
+func Run(ctx context.Context, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -106,17 +106,17 @@ func listNetns() ([]string, error) {
 
 // addNetns creates a named namespace with lo up.
 func addNetns(ctx context.Context, name string) error {
-	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
+	if _, err := Run(ctx, "ip", "netns", "add", name); err != nil {
 		return err
 	}
-	_, err := run(ctx, "ip", "-n", name, "link", "set", "lo", "up")
+	_, err := Run(ctx, "ip", "-n", name, "link", "set", "lo", "up")
 	return err
 }
 
 // netnsPids lists the processes whose network namespace is netns, except
 // this process (a thread of it may be visiting).
 func netnsPids(ctx context.Context, netns string) ([]int, error) {
-	out, err := run(ctx, "ip", "netns", "pids", netns)
+	out, err := Run(ctx, "ip", "netns", "pids", netns)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func removeNetns(ctx context.Context, name string) error {
 	if len(pids) > 0 {
 		return fmt.Errorf("processes %v still in %s after SIGKILL", pids, name)
 	}
-	if _, err := run(ctx, "ip", "netns", "del", name); err != nil && netnsExists(name) {
+	if _, err := Run(ctx, "ip", "netns", "del", name); err != nil && netnsExists(name) {
 		return err
 	}
 	return nil
@@ -182,6 +182,6 @@ func ethtoolOff(ctx context.Context, netns, ifname string, features ...string) e
 	for _, f := range features {
 		args = append(args, f, "off")
 	}
-	_, err := run(ctx, "ip", args...)
+	_, err := Run(ctx, "ip", args...)
 	return err
 }
