@@ -122,6 +122,8 @@ type Status struct {
 	XDPMode   string  `json:"xdpMode"`
 	Queues    int     `json:"queues"`
 	Pods      int     `json:"pods"`
+	Services  int     `json:"services"`
+	Frontends int     `json:"frontends"`
 	Ready     bool    `json:"ready"`
 	UptimeSec float64 `json:"uptimeSeconds"`
 }
@@ -175,10 +177,14 @@ func (a *Agent) Status() Status {
 	if t := a.table.Load(); t != nil {
 		n = t.Len()
 	}
-	return Status{
+	st := Status{
 		Version: Version, Trunk: a.s.cfg.Trunk, NodeIP: a.s.nodeIP.String(), XDPMode: a.s.mode.String(),
 		Queues: a.s.cfg.Queues, Pods: n, Ready: a.ready.Load(), UptimeSec: time.Since(a.start).Seconds(),
 	}
+	if t := a.services.Load(); t != nil {
+		st.Services, st.Frontends = len(t.Services()), t.Len()
+	}
+	return st
 }
 
 func ipString(ip [4]byte) string {

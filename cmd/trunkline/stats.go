@@ -43,8 +43,8 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 		return printJSON(out, st)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "version\t%s\ntrunk\t%s\nnode IP\t%s\nXDP mode\t%s\nqueues\t%d\npods\t%d\nready\t%v\nuptime\t%.0fs\n",
-		st.Version, st.Trunk, st.NodeIP, st.XDPMode, st.Queues, st.Pods, st.Ready, st.UptimeSec)
+	fmt.Fprintf(tw, "version\t%s\ntrunk\t%s\nnode IP\t%s\nXDP mode\t%s\nqueues\t%d\npods\t%d\nservices\t%d (%d frontends)\nready\t%v\nuptime\t%.0fs\n",
+		st.Version, st.Trunk, st.NodeIP, st.XDPMode, st.Queues, st.Pods, st.Services, st.Frontends, st.Ready, st.UptimeSec)
 	return tw.Flush()
 }
 
@@ -84,6 +84,9 @@ func writeStatsTable(out io.Writer, st agent.Stats) error {
 	for _, r := range reasons {
 		fmt.Fprintf(tw, "%s\t%d\t\t\t\t\t\n", r, st.Drops[r])
 	}
+	fmt.Fprintln(tw, "\t\t\t\t\t\t")
+	fmt.Fprintf(tw, "CONNTRACK\t%d of %d\tinserts %d\tfull %d\tearly drops %d\trejects %d\t\n",
+		st.Conntrack.Entries, st.Conntrack.MaxEntries, st.Conntrack.Inserts, st.Conntrack.InsertFull, st.Conntrack.EarlyDrops, st.Rejects)
 	fmt.Fprintln(tw, "\t\t\t\t\t\t")
 	fmt.Fprintln(tw, "UMEM QUEUE\tTOTAL\tFREE\tFILL\tTX\tHELD\t")
 	for _, u := range st.UMEM {
