@@ -87,12 +87,38 @@ struct {
 
 // agent_port reports whether a TCP/UDP packet to one of the node's
 // addresses is the agent's: to a NodePort or to an SNAT port.
+static __always_inline int snat_port(__u16 port)
+{
+	__u32 zero = 0;
+	struct port_range *r = bpf_map_lookup_elem(&snat_ports, &zero);
+	__u16 p = bpf_ntohs(port);
+	return r && r->lo && p >= r->lo && p <= r->hi;
+}
+
+// agent_port reports whether a packet to one of the node's addresses is
+// the agent's: TCP/UDP to a NodePort or an SNAT port, or an ICMP error
+// about a packet the agent sent from an SNAT port.
 static __always_inline int agent_port(struct iphdr *ip, void *end)
 {
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return 0;
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < 20 || ihl > 60)
+		return 0;
+	if (ip->protocol == IPPROTO_ICMP) {
+		__u8 *icmp = (void *)ip + ihl;
+		if ((void *)(icmp + 8 + 20 + 4) > end)
+			return 0;
+		if (icmp[0] != 3 && icmp[0] != 11 && icmp[0] != 12)
+			return 0;
+		struct iphdr *inner = (void *)(icmp + 8);
+		__u32 iihl = inner->ihl * 4;
+		if (iihl < 20 || iihl > 60 || (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
+			return 0;
+		__u16 *iports = (void *)inner + iihl;
+		if ((void *)(iports + 2) > end)
+			return 0;
+		return snat_port(iports[0]);
+	}
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return 0;
 	__u16 *ports = (void *)ip + ihl;
 	if ((void *)(ports + 2) > end)
@@ -100,10 +126,7 @@ static __always_inline int agent_port(struct iphdr *ip, void *end)
 	struct port_key k = { .port = ports[1], .proto = ip->protocol };
 	if (bpf_map_lookup_elem(&node_ports, &k))
 		return 1;
-	__u32 zero = 0;
-	struct port_range *r = bpf_map_lookup_elem(&snat_ports, &zero);
-	__u16 dport = bpf_ntohs(ports[1]);
-	return r && r->lo && dport >= r->lo && dport <= r->hi;
+	return snat_port(ports[1]);
 }
 
 static __always_inline int is_tag(__u16 proto)
