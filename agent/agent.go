@@ -191,21 +191,27 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	wctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
 	go a.expireConntrack(wctx)
+	failed := make(chan error, len(a.workers)) // the first worker to fail
 	for i, ws := range a.workers {
 		cpu := -1
 		if len(cfg.WorkerCPUs) > 0 {
 			cpu = cfg.WorkerCPUs[i%len(cfg.WorkerCPUs)]
 		}
 		ws.done = make(chan error, 1)
-		go func() { ws.done <- a.runWorker(wctx, ws.w, cpu) }()
+		go func() {
+			err := a.runWorker(wctx, ws.w, cpu)
+			if err != nil {
+				failed <- fmt.Errorf("worker of queue %d: %w", ws.queue, err)
+			}
+			ws.done <- err
+		}()
 	}
 	cleanup = append(cleanup, func() error {
 		stopWorkers()
-		var errs []error
 		for _, ws := range a.workers {
-			errs = append(errs, <-ws.done)
+			<-ws.done // a failure was reported through failed
 		}
-		return errors.Join(errs...)
+		return nil
 	})
 	a.ready.Store(true)
 	a.log.Info("trunkline running", "version", Version, "trunk", cfg.Trunk, "queues", cfg.Queues,
@@ -214,15 +220,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	var werr error
 	select {
 	case <-ctx.Done():
-	case werr = <-a.workers[0].done:
-		a.workers[0].done <- werr
+	case werr = <-failed:
 	}
 	a.ready.Store(false)
 	a.log.Info("trunkline stopping")
-	if werr != nil {
-		return fmt.Errorf("worker: %w", werr)
-	}
-	return nil
+	return werr
 }
 
 // runWorker runs a worker on a locked OS thread, pinned to cpu if >= 0,

@@ -7,6 +7,7 @@ package porttest
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/trunkline/trunkline/dataplane/port"
 )
@@ -211,4 +212,13 @@ func (pl *Poller) Wake() {
 	case pl.wake <- struct{}{}:
 	default:
 	}
+}
+
+// timeAfter caps a poll wait at 5 ms so injected frames are noticed soon.
+func timeAfter(ms int) <-chan time.Time {
+	d := time.Duration(ms) * time.Millisecond
+	if ms < 0 || d > 5*time.Millisecond {
+		d = 5 * time.Millisecond
+	}
+	return time.After(d)
 }
