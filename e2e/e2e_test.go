@@ -85,6 +85,13 @@ func newEnv(t *testing.T, prefix string, pods int) *env {
 		}
 		t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
 	}
+	for _, p := range b.Pods {
+		for _, port := range []uint16{bed.HTTPPort, bed.TCPEchoPort} {
+			if err := bed.WaitListening(t.Context(), p.Netns, port); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	return &env{t: t, b: b, configPath: b.ConfigPath}
 }
 
@@ -350,15 +357,8 @@ func iperf3(t *testing.T, b *bed.Bed, p bed.Pod, clientArgs []string) int64 {
 // waitListening waits up to 5 s for a TCP listener on port in netns.
 func waitListening(t *testing.T, b *bed.Bed, netns string, port uint16) {
 	t.Helper()
-	for try := 0; ; try++ {
-		out, _ := b.Command(t.Context(), netns, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)).Output()
-		if len(bytes.TrimSpace(out)) > 0 {
-			return
-		}
-		if try == 50 {
-			t.Fatalf("nothing listens on port %d in %s after 5 s", port, netns)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := bed.WaitListening(t.Context(), netns, port); err != nil {
+		t.Fatal(err)
 	}
 }
 

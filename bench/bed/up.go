@@ -420,5 +420,31 @@ func (b *Bed) StartServers(binary string) error {
 		}
 		go cmd.Wait() // reap it if this process outlives it
 	}
+	for _, p := range b.Pods {
+		if err := WaitListening(context.Background(), p.Netns, TCPEchoPort); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// WaitListening waits until something listens on TCP port in netns, or ctx
+// ends (a 5 s bound when ctx has no deadline).
+func WaitListening(ctx context.Context, netns string, port uint16) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	for {
+		out, _ := Run(ctx, "ip", "netns", "exec", netns, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port))
+		if strings.TrimSpace(out) != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nothing listens on TCP port %d in %s: %w", port, netns, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

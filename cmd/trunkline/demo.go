@@ -57,6 +57,11 @@ func cmdDemo(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer func() { srv.Process.Kill(); srv.Wait() }()
 	}
+	for _, p := range b.Pods {
+		if err := bed.WaitListening(ctx, p.Netns, bed.HTTPPort); err != nil {
+			return err
+		}
+	}
 
 	fmt.Fprintf(out, "\n== starting the agent in %s\n", b.Node.Netns)
 	var agentLog io.Writer
