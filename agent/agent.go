@@ -57,8 +57,13 @@ type Agent struct {
 	svcMu   sync.Mutex      // serialises Service updates; guards svcCfgs
 	svcCfgs []ServiceConfig // the Services now served
 
-	ready atomic.Bool
+	ready     atomic.Bool
+	readyOnce sync.Once
+	readyCh   chan struct{} // closed once the agent first becomes ready
 }
+
+// Ready is closed when the agent has attached everything and forwards.
+func (a *Agent) Ready() <-chan struct{} { return a.readyCh }
 
 // workerState is one trunk queue's worker and the sockets it owns.
 type workerState struct {
@@ -95,7 +100,7 @@ func New(cfg Config, o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Agent{log: o.Logger, s: s}, nil
+	return &Agent{log: o.Logger, s: s, readyCh: make(chan struct{})}, nil
 }
 
 // Run sets the node up, forwards until ctx ends, then detaches everything.
@@ -214,6 +219,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return nil
 	})
 	a.ready.Store(true)
+	a.readyOnce.Do(func() { close(a.readyCh) })
 	a.log.Info("trunkline running", "version", Version, "trunk", cfg.Trunk, "queues", cfg.Queues,
 		"xdpMode", a.s.mode.String(), "pods", len(atts), "api", cfg.APISocket)
 

@@ -30,6 +30,11 @@ type ServicesBody struct {
 // backends still present never move; terminating backends keep their
 // flows and get no new ones.
 func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
+	select {
+	case <-a.readyCh:
+	default:
+		return ServicesUpdate{}, errors.New("update services: the agent is not running yet")
+	}
 	a.svcMu.Lock()
 	defer a.svcMu.Unlock()
 	specs, err := a.s.serviceSpecs(cfgs)
