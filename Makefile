@@ -5,7 +5,7 @@ GOFLAGS  ?=
 LDFLAGS  := -s -w
 PKGS     := ./...
 
-.PHONY: all build deps test test-short demo bench generate lint clean sweep
+.PHONY: all build deps kube-apiserver test test-short demo bench generate lint clean sweep
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 
 # The programs the bed and the tests run; installed from Debian's packages
 # when missing (as root).
-TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3
+TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3 etcd:etcd-server
 deps:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -25,11 +25,17 @@ deps:
 # The whole suite: pure tests, dataplane tests over in-memory ports, and the
 # privileged tests on real namespaces (they refuse to skip when CI=true).
 # Each benchmark runs once so they keep compiling and running.
-test: build deps
+test: build deps kube-apiserver
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 5m $(PKGS)
 	$(BIN)/trunkline bed sweep
+
+# The kube-apiserver the Kubernetes watch is tested against, built once from
+# the module proxy (internal/kubetest/apiserver; about 10 minutes the first
+# time on 2 cores, then cached).
+kube-apiserver:
+	$(GO) run ./internal/kubetest/cmd/build-apiserver
 
 # Pure tests only (no root needed).
 test-short:

@@ -27,13 +27,22 @@ func (k *keepAlive) get(t *testing.T) string {
 	t.Helper()
 	k.c.SetDeadline(time.Now().Add(3 * time.Second))
 	fmt.Fprintf(k.c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-	resp, err := http.ReadResponse(k.br, nil)
+	body, err := k.getErr()
 	if err != nil {
 		t.Fatalf("GET on a running connection: %v", err)
 	}
+	return body
+}
+
+// getErr reads one response to a request already sent.
+func (k *keepAlive) getErr() (string, error) {
+	resp, err := http.ReadResponse(k.br, nil)
+	if err != nil {
+		return "", err
+	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return strings.TrimSpace(string(b))
+	return strings.TrimSpace(string(b)), nil
 }
 
 // without returns the Services with pod removed from their backends, or

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"slices"
 
 	"github.com/trunkline/trunkline/agent"
+	"github.com/trunkline/trunkline/agent/k8s"
 )
 
 func cmdRun(ctx context.Context, args []string) error {
@@ -12,6 +15,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	config := fs.String("config", "", "agent configuration file (YAML; see examples/trunkline.yaml)")
 	mode := fs.String("xdp-mode", "", "override the config's xdpMode: native or generic")
 	cpus := fs.String("worker-cpus", "", "pin workers to these CPUs, e.g. 1 or 0,1 (overrides workerCPUs)")
+	kubeconfig := fs.String("kubeconfig", "", "watch Services and EndpointSlices of the cluster this kubeconfig names")
+	inCluster := fs.Bool("kube-in-cluster", false, "watch Services and EndpointSlices with the pod's service account (in a DaemonSet)")
+	nodeName := fs.String("node-name", "", "this node's name in the cluster (for logs)")
 	logger := logFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -35,5 +41,32 @@ func cmdRun(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *kubeconfig != "" || *inCluster {
+		if *kubeconfig != "" && *inCluster {
+			return errors.New("run: --kubeconfig and --kube-in-cluster: choose one")
+		}
+		src, err := k8s.New(k8s.Options{Kubeconfig: *kubeconfig, NodeName: *nodeName, Logger: log})
+		if err != nil {
+			return err
+		}
+		go watchServices(ctx, a, src, cfg.Services, log)
+	}
 	return a.Run(ctx)
+}
+
+// watchServices feeds the cluster's Services to the agent once it runs,
+// after the configuration file's own.
+func watchServices(ctx context.Context, a *agent.Agent, src *k8s.Source, static []agent.ServiceConfig, log *slog.Logger) {
+	select {
+	case <-a.Ready():
+	case <-ctx.Done():
+		return
+	}
+	err := src.Run(ctx, func(svcs []agent.ServiceConfig) error {
+		_, err := a.UpdateServices(append(slices.Clone(static), svcs...))
+		return err
+	})
+	if err != nil {
+		log.Error("kubernetes watch stopped", "err", err)
+	}
 }
