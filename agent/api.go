@@ -106,7 +106,10 @@ type Stats struct {
 	Conntrack ConntrackStats `json:"conntrack"`
 	// Rejects are packets to Services without a usable backend, answered
 	// with a TCP RST or an ICMP port unreachable.
-	Rejects    uint64            `json:"rejects"`
+	Rejects uint64 `json:"rejects"`
+	// PortRemaps are new flows whose client port was translated because
+	// their reply tuple was another live flow's.
+	PortRemaps uint64            `json:"portRemaps"`
 	Interfaces []InterfaceStats  `json:"interfaces"`
 	Pods       []PodStats        `json:"pods"`
 	Drops      map[string]uint64 `json:"drops"`
@@ -147,6 +150,7 @@ func (a *Agent) Stats() Stats {
 		st.Interfaces = append(st.Interfaces, is)
 		c := ws.w.Counters()
 		st.Rejects += c.Rejects.Load()
+		st.PortRemaps += c.PortRemaps.Load()
 		for r := range c.Drops {
 			st.Drops[dataplane.DropReason(r).String()] += c.Drops[r].Load()
 		}

@@ -50,8 +50,6 @@ const (
 	// DropConntrackInvalid: a packet that cannot start a flow (a TCP
 	// segment other than SYN or ACK) for a flow the table does not know.
 	DropConntrackInvalid
-	// DropConntrackClash: a new flow's reply tuple is another flow's.
-	DropConntrackClash
 
 	NumDropReasons
 )
@@ -75,7 +73,6 @@ var dropNames = [NumDropReasons]string{
 	DropSNATExhausted:    "snat_exhausted",
 	DropConntrackFull:    "conntrack_full",
 	DropConntrackInvalid: "conntrack_invalid",
-	DropConntrackClash:   "conntrack_clash",
 }
 
 func (r DropReason) String() string {

@@ -157,8 +157,9 @@ func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.Frontend
 	// (hairpin: it would answer itself directly).
 	snat := (e.External() && !e.Service.ExternalLocal) || (from == nil && !be.Local) || key.SrcIP == be.IP
 	if !snat {
-		return w.insert(d, c)
+		return w.insert(d, c, h)
 	}
+	c.Reply.DstIP = w.nodeIP
 	return w.insertSNAT(d, c, h)
 }
 
@@ -185,16 +186,16 @@ func (w *Worker) newMasquerade(d port.Desc, key conntrack.Key) (conntrack.Conn, 
 		Reply: conntrack.Key{SrcIP: key.DstIP, SrcPort: key.DstPort, DstIP: key.SrcIP, DstPort: key.SrcPort, Proto: key.Proto},
 		Flags: flowMasquerade,
 	}
+	c.Reply.DstIP = w.nodeIP
 	return w.insertSNAT(d, c, flowHash(key))
 }
 
-// insertSNAT gives c's reply tuple the node's address and a free SNAT port
-// toward the remote (trying from a port derived from h) and inserts it.
-// Ports are collision-free per (protocol, remote address and port): the
-// table refuses a reply tuple another flow holds.
+// insertSNAT gives c's reply tuple a free SNAT port toward the remote
+// (trying from a port derived from h; its address, c.Reply.DstIP, is the
+// caller's) and inserts it. Ports are collision-free per (protocol, remote
+// address and port): the table refuses a reply tuple another flow holds.
 func (w *Worker) insertSNAT(d port.Desc, c conntrack.Conn, h uint64) (conntrack.Conn, bool) {
 	c.Flags |= flowSNAT
-	c.Reply.DstIP = w.nodeIP
 	n := w.snatPorts.Size()
 	if n == 0 {
 		w.dropFrame(d, DropSNATExhausted)
@@ -218,7 +219,11 @@ func (w *Worker) insertSNAT(d port.Desc, c conntrack.Conn, h uint64) (conntrack.
 	return conntrack.Conn{}, false
 }
 
-func (w *Worker) insert(d port.Desc, c conntrack.Conn) (conntrack.Conn, bool) {
+// insert inserts a DNAT-only flow. When its reply tuple is another live
+// flow's (the client reused its source port toward another frontend of
+// the same backend), the client's port is translated too, to a free SNAT
+// port, keeping its address — as nf_nat makes a tuple unique.
+func (w *Worker) insert(d port.Desc, c conntrack.Conn, h uint64) (conntrack.Conn, bool) {
 	res, got := w.ct.Insert(c, w.pkt.TCPFlags, w.now)
 	switch {
 	case res.OK():
@@ -226,8 +231,8 @@ func (w *Worker) insert(d port.Desc, c conntrack.Conn) (conntrack.Conn, bool) {
 	case res == conntrack.Exists && got.Orig == c.Orig:
 		return got, true
 	case res == conntrack.Exists:
-		w.dropFrame(d, DropConntrackClash)
-		return conntrack.Conn{}, false
+		w.counters.PortRemaps.Add(1)
+		return w.insertSNAT(d, c, h)
 	}
 	return w.insertFailed(d, res)
 }

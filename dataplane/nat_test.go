@@ -408,3 +408,29 @@ func TestICMPErrorFromABackendIsTranslatedBack(t *testing.T) {
 		t.Errorf("quoted UDP checksum %#04x, want the client's %#04x", iudp.Checksum, want.Checksum())
 	}
 }
+
+func TestReplyTupleClashRemapsTheClientPort(t *testing.T) {
+	spec := clusterIP(backendOf(pods[1], 8080))
+	spec.ExternalLocal = true // NodePort without SNAT
+	r := newNATRig(t, []lb.ServiceSpec{spec}, PortRange{61000, 61099})
+	// The client's port 40000 talks to the ClusterIP, and the connection
+	// is live.
+	syn := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 40000, dport: 80, syn: true})
+	r.one(r.trunk, syn, r.pods[1])
+	// The same client port to the NodePort: same backend, same reply tuple.
+	syn2 := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: nodeIP, sport: 40000, dport: 30080, syn: true})
+	_, ip, pk := parsed(t, r.one(r.trunk, syn2, r.pods[1]))
+	tcp := pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ip.SrcIP.Equal(net.IP(client[:])) || tcp.SrcPort < 61000 || tcp.SrcPort > 61099 {
+		t.Fatalf("second flow reached the backend from %s:%d; want the client's address and a remapped port", ip.SrcIP, tcp.SrcPort)
+	}
+	reply := l4frame(t, l4spec{src: pods[1].MAC, dst: pods[1].HostMAC, srcIP: pods[1].IP, dstIP: client, sport: 8080, dport: uint16(tcp.SrcPort), syn: true, ack: true})
+	_, ip, pk = parsed(t, r.one(r.pods[1], reply, r.trunk))
+	tcp = pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ip.SrcIP.Equal(net.IP(nodeIP[:])) || tcp.SrcPort != 30080 || tcp.DstPort != 40000 {
+		t.Fatalf("reply %s:%d → %s:%d, want the NodePort back to the client's port 40000", ip.SrcIP, tcp.SrcPort, ip.DstIP, tcp.DstPort)
+	}
+	if n := r.w.Counters().PortRemaps.Load(); n != 1 {
+		t.Errorf("port remaps = %d, want 1", n)
+	}
+}

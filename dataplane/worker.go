@@ -45,6 +45,9 @@ type Counters struct {
 	// Rejects counts packets to a Service without a usable backend,
 	// answered with a TCP RST or an ICMP port unreachable.
 	Rejects atomic.Uint64
+	// PortRemaps counts new flows whose client port was translated because
+	// their reply tuple was another live flow's.
+	PortRemaps atomic.Uint64
 }
 
 // Config wires a worker.

@@ -190,6 +190,14 @@ func seconds(now Time) uint32 {
 
 func expired(st uint64, nowSec uint32) bool { return nowSec > uint32(st&stDeadlineMask) }
 
+// reopens reports whether a new TCP connection's SYN may take the tuple of
+// a finished one (TIME_WAIT or CLOSE), as nf_conntrack lets it: a client
+// reuses a port once its last connection on it is over.
+func reopens(st uint64, proto uint8, tcpFlags uint8) bool {
+	s := TCPState(st & stStateMask >> stStateShift)
+	return proto == ProtoTCP && tcpFlags&(TCPFlagSYN|TCPFlagACK) == TCPFlagSYN && (s == TCPTimeWait || s == TCPClose)
+}
+
 // evictable: may be dropped to make room for a new connection.
 func evictable(st uint64) bool {
 	s := TCPState(st & stStateMask >> stStateShift)
@@ -380,14 +388,18 @@ func (t *Table) Insert(c Conn, tcpFlags uint8, now Time) (res InsertResult, stor
 		if found {
 			sl := &t.slots[si]
 			st := sl.st.Load()
-			if !expired(st, nowSec) {
+			if !expired(st, nowSec) && !reopens(st, c.Orig.Proto, tcpFlags) {
 				w := sl.load()
 				t.unlock2(ia, ib)
 				t.fill(&stored, &w, st)
 				return Exists, stored
 			}
 			t.unlock2(ia, ib)
-			if t.unlink(si, st&stGenMask, whyExpired, nowSec) {
+			why := whyExpired
+			if !expired(st, nowSec) {
+				why = whyEvict // a finished TCP connection a SYN reopens
+			}
+			if t.unlink(si, st&stGenMask, why, nowSec) {
 				t.shards[t.home(si)].expirations.Add(1)
 			}
 			continue

@@ -639,3 +639,36 @@ func TestHashSpread(t *testing.T) {
 		t.Errorf("two tables put %d of %d keys in the same shard: seed not used", same, 1<<16)
 	}
 }
+
+// A client reuses a source port toward another frontend while its last
+// connection on it lingers in TIME_WAIT; DNAT to the same backend gives
+// the new flow the old one's reply tuple. A SYN takes it over; anything
+// else does not.
+func TestSYNReopensAFinishedTuple(t *testing.T) {
+	tb := newSmall(t, 64)
+	old := flow(1, ProtoTCP)
+	if res, _ := tb.Insert(old, TCPFlagSYN, 0); res != Inserted {
+		t.Fatal(res)
+	}
+	steps := []struct {
+		d     Dir
+		flags uint8
+	}{{R, TCPFlagSYN | TCPFlagACK}, {O, TCPFlagACK}, {O, TCPFlagFIN | TCPFlagACK}, {R, TCPFlagACK}, {R, TCPFlagFIN | TCPFlagACK}, {O, TCPFlagACK}}
+	for _, s := range steps {
+		tb.Lookup(key(old, s.d), s.flags, sec(1))
+	}
+	if c, _, _ := tb.Lookup(key(old, O), 0, sec(1)); c.State != TCPTimeWait {
+		t.Fatalf("old flow in %v, want TIME_WAIT", c.State)
+	}
+	reuse := old
+	reuse.Orig.DstIP, reuse.Orig.DstPort = [4]byte{10, 100, 0, 2}, 30081 // another frontend, same backend
+	if res, got := tb.Insert(reuse, TCPFlagACK, sec(2)); res != Exists || got.Orig != old.Orig {
+		t.Fatalf("a bare ACK took a finished tuple: %v", res)
+	}
+	if res, _ := tb.Insert(reuse, TCPFlagSYN, sec(2)); res != Inserted {
+		t.Fatalf("a SYN did not reopen a TIME_WAIT tuple: %v", res)
+	}
+	if _, _, ok := tb.Lookup(old.Orig, 0, sec(2)); ok {
+		t.Error("the finished flow is still found")
+	}
+}
