@@ -47,6 +47,7 @@ type Agent struct {
 	table    atomic.Pointer[vlan.Table]
 	services atomic.Pointer[lb.Table]
 	ct       *conntrack.Table
+	affinity *lb.Affinity
 	epoch    time.Time // zero of the conntrack clock
 	nodeMAC  [6]byte
 	workers  []*workerState
@@ -134,6 +135,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if a.ct, err = conntrack.New(conntrack.Options{MaxEntries: cfg.Conntrack.MaxEntries}); err != nil {
 		return err
 	}
+	a.affinity = lb.NewAffinity()
 	svcs, err := lb.Build(a.s.nodeIP, a.s.services, 0)
 	if err != nil {
 		return err
@@ -295,7 +297,7 @@ func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {
 	ws.w, err = dataplane.New(dataplane.Config{
 		Memory: ws.umem, Poller: ws.poller, Trunk: ws.trunk, TrunkCounters: ws.trunkC,
 		VLAN: &a.table, GatewayMAC: a.s.gatewayMAC, Batch: cfg.Batch,
-		Services: &a.services, Conntrack: a.ct, Epoch: a.epoch,
+		Services: &a.services, Conntrack: a.ct, Affinity: a.affinity, Epoch: a.epoch,
 		NodeIP: a.s.nodeIP.As4(), NodeMAC: a.nodeMAC, SNATPorts: dataplane.PortRange{Lo: a.s.snatLo, Hi: a.s.snatHi},
 		Masquerade: len(a.s.nonMasq) > 0, NonMasquerade: a.s.nonMasq,
 	})
@@ -441,8 +443,9 @@ func (a *Agent) steerServices(t *lb.Table) error {
 	return a.progs.SetServices(t.VIPs(), nps, a.s.snatLo, a.s.snatHi)
 }
 
-// expireConntrack sweeps the connection table in the background: a
-// twentieth of it every 100 ms, so all of it every 2 s.
+// expireConntrack sweeps the connection table in the background (a
+// twentieth of it every 100 ms, so all of it every 2 s) and forgets timed
+// out session affinities every 5 s.
 func (a *Agent) expireConntrack(ctx context.Context) {
 	budget := max(a.ct.Stats().Slots/20, 1024)
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -452,7 +455,11 @@ func (a *Agent) expireConntrack(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			a.ct.Expire(conntrack.Time(time.Since(a.epoch)), budget)
+			now := time.Since(a.epoch)
+			a.ct.Expire(conntrack.Time(now), budget)
+			if n := now / (100 * time.Millisecond); n%50 == 0 { // every 5 s
+				a.affinity.Expire(int64(now))
+			}
 		}
 	}
 }

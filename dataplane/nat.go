@@ -129,13 +129,28 @@ func (w *Worker) newFlow(d port.Desc, b []byte, key conntrack.Key, e lb.Frontend
 		idx int
 		be  lb.Backend
 	)
-	if e.Only {
+	switch {
+	case e.Only:
 		idx, be = int(e.OnlyIndex), e.OnlyBackend
-	} else {
+	case e.Affinity && w.affinity != nil:
+		// sessionAffinity: ClientIP: the client's last backend while it
+		// still takes new flows, else Maglev on the client's address.
 		svc := e.Service
-		if e.Affinity {
-			h = mix64(uint64(binary.BigEndian.Uint32(key.SrcIP[:])))
+		idx = -1
+		if last, ok := w.affinity.Backend(svc.ID, key.SrcIP, int64(w.now)); ok {
+			idx = svc.Usable(last, e.External())
 		}
+		if idx < 0 {
+			idx = svc.Pick(mix64(uint64(binary.BigEndian.Uint32(key.SrcIP[:]))), e.External())
+		}
+		if idx < 0 {
+			w.reject(d, b)
+			return conntrack.Conn{}, false
+		}
+		be = svc.Backends[idx]
+		w.affinity.Remember(svc.ID, key.SrcIP, be, int64(w.now), svc.Affinity)
+	default:
+		svc := e.Service
 		if idx = svc.Pick(h, e.External()); idx < 0 {
 			w.reject(d, b)
 			return conntrack.Conn{}, false

@@ -1,10 +1,12 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -432,5 +434,67 @@ func TestReplyTupleClashRemapsTheClientPort(t *testing.T) {
 	}
 	if n := r.w.Counters().PortRemaps.Load(); n != 1 {
 		t.Errorf("port remaps = %d, want 1", n)
+	}
+}
+
+func TestClientIPAffinityHoldsUntilItsTimeout(t *testing.T) {
+	three := func(n int) lb.ServiceSpec {
+		s := clusterIP()
+		for _, a := range pods[:min(n, len(pods))] {
+			s.Backends = append(s.Backends, backendOf(a, 8080))
+		}
+		s.Backends = append(s.Backends, lb.Backend{IP: [4]byte{10, 100, 1, 9}, Port: 8080, Ready: true, Serving: true, Local: false})[:n]
+		s.Affinity = 10 * time.Second
+		return s
+	}
+	r := newNATRig(t, []lb.ServiceSpec{three(2)}, PortRange{61000, 61099})
+	aff := lb.NewAffinity()
+	r.w.affinity = aff
+	// A client whose address hashes to another backend once a third is
+	// added: find one.
+	var cl [4]byte
+	var first string
+	pick := func(svc lb.ServiceSpec, c [4]byte) [4]byte {
+		st, _ := lb.Build(netip.AddrFrom4(nodeIP), []lb.ServiceSpec{svc}, 0)
+		e, _ := st.Lookup(lb.Frontend{IP: vip, Port: 80, Proto: lb.TCP})
+		return e.Service.Backends[e.Service.Pick(mix64(uint64(binary.BigEndian.Uint32(c[:]))), false)].IP
+	}
+	for i := range 1000 {
+		cl = [4]byte{10, 100, 0, byte(10 + i%200)}
+		cl[2] = byte(i / 200)
+		if pick(three(2), cl) != pick(three(3), cl) {
+			break
+		}
+	}
+	connect := func(sport uint16) [4]byte {
+		syn := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: cl, dstIP: vip, sport: sport, dport: 80, syn: true})
+		if err := r.trunk.Inject(syn); err != nil {
+			t.Fatal(err)
+		}
+		r.run()
+		var to [4]byte
+		for i, p := range r.pods {
+			if len(p.Sent()) > 0 {
+				to = pods[i].IP
+			}
+		}
+		if to == ([4]byte{}) {
+			to = [4]byte{10, 100, 1, 9} // the remote backend: out of the trunk
+			r.trunk.Sent()
+		}
+		return to
+	}
+	before := connect(1000)
+	first = netip.AddrFrom4(before).String()
+	st, _ := lb.Build(netip.AddrFrom4(nodeIP), []lb.ServiceSpec{three(3)}, 0)
+	r.svcs.Store(st)
+	for i := range 5 {
+		if got := connect(uint16(2000 + i)); got != before {
+			t.Fatalf("within the affinity timeout, connection %d went to %v, not %s", i, got, first)
+		}
+	}
+	r.w.epoch = r.w.epoch.Add(-11 * time.Second) // 11 s pass without a new connection
+	if got := connect(3000); got == before {
+		t.Errorf("after the timeout the client still went to %s; Maglev on its address picks %v", first, pick(three(3), cl))
 	}
 }

@@ -73,6 +73,9 @@ type Config struct {
 	// Conntrack is the connection table of translated flows, shared by
 	// all workers. Required with Services.
 	Conntrack *conntrack.Table
+	// Affinity remembers ClientIP session affinity, shared by all workers;
+	// nil: affinity by hashing the client's address only (no timeout).
+	Affinity *lb.Affinity
 	// Epoch is the zero of the conntrack clock, the same for every worker
 	// and for whoever expires the table.
 	Epoch time.Time
@@ -110,6 +113,7 @@ type Worker struct {
 
 	services   *atomic.Pointer[lb.Table]
 	ct         *conntrack.Table
+	affinity   *lb.Affinity
 	epoch      time.Time
 	now        conntrack.Time // once per batch
 	nodeIP     [4]byte
@@ -202,6 +206,7 @@ func New(c Config) (*Worker, error) {
 		busyPause:  c.BusyPause,
 		services:   c.Services,
 		ct:         c.Conntrack,
+		affinity:   c.Affinity,
 		epoch:      c.Epoch,
 		nodeIP:     c.NodeIP,
 		nodeMAC:    c.NodeMAC,

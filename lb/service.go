@@ -135,6 +135,20 @@ func (s *Service) only(external bool) (int, bool) {
 	return idx, idx >= 0
 }
 
+// Usable returns the index of the backend with b's address and port if it
+// still takes new flows from a frontend of the kind, or -1.
+func (s *Service) Usable(b Backend, external bool) int {
+	for i, x := range s.Backends {
+		if x.IP == b.IP && x.Port == b.Port {
+			if !x.Ready || (external && s.ExternalLocal && !x.Local) {
+				return -1
+			}
+			return i
+		}
+	}
+	return -1
+}
+
 // Bytes is the memory the Service's tables hold.
 func (s *Service) Bytes() int { return s.all.Bytes() + s.local.Bytes() }
 
