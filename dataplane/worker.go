@@ -635,14 +635,5 @@ func (w *Worker) fromPod(tbl *vlan.Table, a *vlan.Attachment, d port.Desc) {
 		w.enqueue(PodIndex(to.ID), d)
 		return
 	}
-	if d.Addr&w.slotMask < vlan.TagLen {
-		w.dropFrame(d, DropNoHeadroom)
-		return
-	}
-	d.Addr -= vlan.TagLen
-	d.Len += vlan.TagLen
-	b = w.mem[d.Addr : d.Addr+uint64(d.Len)]
-	vlan.Push(b, a.VID)
-	copy(b[0:6], w.gateway[:])
-	w.enqueue(trunkIndex, d)
+	w.toTrunkTagged(d, a.VID) // the source MAC is the pod's already
 }
