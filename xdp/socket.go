@@ -272,22 +272,9 @@ const maxKicks = 8
 // Flush kicks the kernel to send what Transmit queued, returns completed
 // frames to the free stack and tops the fill ring up (port.Port).
 func (s *Socket) Flush() {
-	for i := 0; i < maxKicks && s.tx.cachedProd != s.tx.cachedCons; i++ {
-		if s.tx.pendingForKernel() == 0 {
+	for i := 0; i < maxKicks && s.txPending > 0 && s.tx.pendingForKernel() > 0 && s.tx.needWakeup(); i++ {
+		if !s.kick() {
 			break
-		}
-		if !s.tx.needWakeup() {
-			break
-		}
-		s.Kicks++
-		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0, unix.EAGAIN:
-		case unix.EBUSY, unix.ENOBUFS:
-			s.KickErrors++
-		default:
-			s.KickErrors++
-			i = maxKicks // a down link: try again on the next flush
 		}
 	}
 	s.complete()
@@ -303,6 +290,24 @@ func (s *Socket) Flush() {
 	}
 	s.rxSince = 0
 	s.refill()
+}
+
+// kick asks the kernel to send the TX ring (copy mode sends up to its TX
+// budget per call). It reports whether kicking again may help: EAGAIN and
+// EBUSY (the device dropped a frame; the rest stay queued) may; a down
+// link does not until the next Flush.
+func (s *Socket) kick() bool {
+	s.Kicks++
+	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+	switch e {
+	case 0, unix.EAGAIN:
+		return true
+	case unix.EBUSY, unix.ENOBUFS:
+		s.KickErrors++
+		return true
+	}
+	s.KickErrors++
+	return false
 }
 
 // complete moves completed TX frames to the free stack.
