@@ -58,6 +58,9 @@ type Agent struct {
 	svcMu   sync.Mutex      // serialises Service updates; guards svcCfgs
 	svcCfgs []ServiceConfig // the Services now served
 
+	regMu sync.Mutex // serialises registrations; guards reg
+	reg   registry
+
 	ready     atomic.Bool
 	readyOnce sync.Once
 	readyCh   chan struct{} // closed once the agent first becomes ready
@@ -184,6 +187,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return err
 	}
 	a.table.Store(tbl)
+	a.reg.path = cfg.RegistryFile
+	if err := a.reg.load(); err != nil {
+		return err
+	}
+	if err := a.restoreRegistrations(); err != nil {
+		return err
+	}
 
 	srv, err := a.serveAPI()
 	if err != nil {

@@ -63,10 +63,28 @@ type Config struct {
 	SNATPorts string `yaml:"snatPorts"`
 	// Conntrack sizes the connection table.
 	Conntrack ConntrackConfig `yaml:"conntrack"`
+	// GatewayIP is the VPC gateway's address: the default gateway the CNI
+	// plugin gives pods.
+	GatewayIP string `yaml:"gatewayIP"`
+	// Branches are the branch attachments this node owns and hands out to
+	// the pods the CNI plugin registers (a cloud ENI API can provide them
+	// later, behind BranchProvider).
+	Branches []BranchConfig `yaml:"branches"`
+	// RegistryFile persists the registered pods across agent restarts
+	// (default /var/lib/trunkline/registry.json).
+	RegistryFile string `yaml:"registryFile"`
 	// NonMasqueradeCIDRs are the VPC's prefixes. When set, pods' TCP and
 	// UDP traffic to anywhere else is masqueraded: SNATed to nodeIP and
 	// sent untagged, as the node's own traffic. Empty: no masquerade.
 	NonMasqueradeCIDRs []string `yaml:"nonMasqueradeCIDRs"`
+}
+
+// BranchConfig is one branch attachment of the node: a VLAN on the trunk,
+// the address and MAC that go with it.
+type BranchConfig struct {
+	VLAN int    `yaml:"vlan"`
+	IP   string `yaml:"ip"`
+	MAC  string `yaml:"mac"`
 }
 
 // ConntrackConfig sizes the connection table.
@@ -136,6 +154,8 @@ type settings struct {
 	mode       xdp.AttachMode
 	pods       []podSettings
 	services   []lb.ServiceSpec
+	gatewayIP  netip.Addr
+	branches   []podSettings // Name empty
 	nonMasq    []netip.Prefix
 	snatLo     uint16
 	snatHi     uint16
@@ -183,6 +203,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.UMEM.FrameSize == 0 {
 		c.UMEM.FrameSize = 2048
+	}
+	if c.RegistryFile == "" {
+		c.RegistryFile = "/var/lib/trunkline/registry.json"
 	}
 	if c.SNATPorts == "" {
 		c.SNATPorts = "61000-65000"
@@ -310,6 +333,36 @@ func (c Config) validate() (settings, error) {
 	}
 	if c.Conntrack.MaxEntries < 0 || c.Conntrack.MaxEntries > 1<<28 {
 		bad("conntrack.maxEntries", "%d: want 0 (default) ..268435456", c.Conntrack.MaxEntries)
+	}
+	if c.GatewayIP != "" {
+		if ip, err := netip.ParseAddr(c.GatewayIP); err != nil || !ip.Is4() {
+			bad("gatewayIP", "%q is not an IPv4 address", c.GatewayIP)
+		} else {
+			s.gatewayIP = ip
+		}
+	} else if len(c.Branches) > 0 {
+		bad("gatewayIP", "required with branches: the pods' default gateway")
+	}
+	for i, br := range c.Branches {
+		path := fmt.Sprintf("branches[%d]", i)
+		ps := podSettings{PodConfig: PodConfig{VLAN: br.VLAN, IP: br.IP, MAC: br.MAC}}
+		if br.VLAN < vlan.MinVID || br.VLAN > vlan.MaxVID {
+			bad(path+".vlan", "%d: want %d..%d", br.VLAN, vlan.MinVID, vlan.MaxVID)
+		}
+		claim(path+".vlan", "VLAN", fmt.Sprint(br.VLAN))
+		if ip, err := netip.ParseAddr(br.IP); err != nil || !ip.Is4() {
+			bad(path+".ip", "%q is not an IPv4 address", br.IP)
+		} else {
+			ps.ip = ip
+		}
+		claim(path+".ip", "IP", br.IP)
+		if mac, err := parseUnicastMAC(br.MAC); err != nil {
+			bad(path+".mac", "%v", err)
+		} else {
+			ps.mac = mac
+		}
+		claim(path+".mac", "MAC", br.MAC)
+		s.branches = append(s.branches, ps)
 	}
 	for i, c := range c.NonMasqueradeCIDRs {
 		p, err := netip.ParsePrefix(c)

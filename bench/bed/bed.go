@@ -182,6 +182,9 @@ type Bed struct {
 	// Services put every pod behind a ClusterIP (and NodePorts), in the
 	// agent's config.
 	Services []Service
+	// Branches are the node's free branch attachments, for pods the CNI
+	// plugin adds.
+	Branches []Branch
 
 	stateDir string
 	log      *slog.Logger
@@ -224,6 +227,7 @@ func newBed(o Options) *Bed {
 		})
 	}
 	b.Services = bedServices()
+	b.Branches = bedBranches()
 	return b
 }
 

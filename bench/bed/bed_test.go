@@ -218,9 +218,10 @@ func TestLayoutAndConfig(t *testing.T) {
 		"    ip: 10.100.1.2\n" +
 		"    mac: \"02:00:0a:64:01:02\"\n" +
 		"    hostVeth: hpod2\n" +
-		"nonMasqueradeCIDRs: [10.100.0.0/16]\n" +
-		"services:\n" +
-		"  - name: default/web\n"
+		"gatewayIP: 10.100.0.1\n" +
+		"registryFile: /run/trunkline-bed/p/registry.json\n" +
+		"branches:\n" +
+		"  - {vlan: 2001, ip: 10.100.200.1, mac: \"02:00:0a:64:c8:01\"}\n"
 	if got := b.agentConfig(); !strings.HasPrefix(got, want) {
 		t.Errorf("config:\n%s\nwant it to start with:\n%s", got, want)
 	}

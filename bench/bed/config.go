@@ -2,6 +2,7 @@ package bed
 
 import (
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -37,6 +38,12 @@ func (b *Bed) agentConfig() string {
 		fmt.Fprintf(&s, "    ip: %s\n", p.IP)
 		fmt.Fprintf(&s, "    mac: %q\n", p.MAC.String())
 		fmt.Fprintf(&s, "    hostVeth: %s\n", yamlString(p.HostVeth))
+	}
+	fmt.Fprintf(&s, "gatewayIP: %s\n", b.Wire.IP)
+	fmt.Fprintf(&s, "registryFile: %s\n", yamlString(filepath.Join(b.Dir(), "registry.json")))
+	fmt.Fprintf(&s, "branches:\n")
+	for _, br := range b.Branches {
+		fmt.Fprintf(&s, "  - {vlan: %d, ip: %s, mac: %q}\n", br.VLAN, br.IP, br.MAC.String())
 	}
 	fmt.Fprintf(&s, "nonMasqueradeCIDRs: [%s]\n", vpcPrefix)
 	fmt.Fprintf(&s, "services:\n")

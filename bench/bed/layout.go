@@ -165,6 +165,7 @@ func (l Layout) bed() (*Bed, error) {
 		errs = append(errs, errors.New("no pods"))
 	}
 	b.Services = bedServices()
+	b.Branches = bedBranches()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

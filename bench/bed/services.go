@@ -1,6 +1,7 @@
 package bed
 
 import (
+	"net"
 	"net/netip"
 )
 
@@ -55,4 +56,27 @@ func (b *Bed) Service(name string) *Service {
 		}
 	}
 	return nil
+}
+
+// Branch is a branch attachment the bed's node owns but no pod uses yet:
+// the pool the agent hands out to pods the CNI plugin registers. The VPC
+// already tags and untags its VLAN.
+type Branch struct {
+	VLAN uint16
+	IP   netip.Addr
+	MAC  net.HardwareAddr
+}
+
+// BranchCount is how many free branches a bed's node owns.
+const BranchCount = 8
+
+// bedBranches are the node's free branches: VLANs 2001…, addresses
+// 10.100.200.x (out of the pods' range).
+func bedBranches() []Branch {
+	var bs []Branch
+	for i := 1; i <= BranchCount; i++ {
+		bs = append(bs, Branch{VLAN: uint16(2000 + i), IP: netip.AddrFrom4([4]byte{10, 100, 200, byte(i)}),
+			MAC: net.HardwareAddr{0x02, 0x00, 0x0a, 0x64, 200, byte(i)}})
+	}
+	return bs
 }

@@ -81,6 +81,11 @@ func (b *Bed) attachVLANPrograms(netns, ifname string, egress func(*vlanTagObjec
 			return fmt.Errorf("vid_by_ip %s → %d: %w", p.IP, p.VLAN, err)
 		}
 	}
+	for _, br := range b.Branches {
+		if err := objs.VidByIp.Put(br.IP.As4(), br.VLAN); err != nil {
+			return fmt.Errorf("vid_by_ip %s → %d: %w", br.IP, br.VLAN, err)
+		}
+	}
 	return withHandle(netns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(ifname)
 		if err != nil {
