@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/trunkline/trunkline/bench/bed"
+	"github.com/trunkline/trunkline/cni"
+	"github.com/trunkline/trunkline/internal/privtest"
+)
+
+// cniRuntime runs the trunkline-cni binary as a container runtime does:
+// CNI_* in the environment, the plugin's configuration on stdin, in the
+// node's network namespace (where kubelet runs).
+type cniRuntime struct {
+	t      *testing.T
+	plugin string
+	node   string // netns
+	conf   map[string]any
+}
+
+// cniRun is one plugin run's outcome.
+type cniRun struct {
+	stdout, stderr string
+	err            error
+}
+
+// cniError decodes the error a failed run printed on stdout.
+func (r cniRun) cniError() types.Error {
+	var e types.Error
+	json.Unmarshal([]byte(r.stdout), &e)
+	return e
+}
+
+func (c *cniRuntime) run(command, containerID, netns string, prevResult json.RawMessage) cniRun {
+	c.t.Helper()
+	conf := map[string]any{}
+	for k, v := range c.conf {
+		conf[k] = v
+	}
+	if prevResult != nil {
+		conf["prevResult"] = prevResult
+	}
+	stdin, err := json.Marshal(conf)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", c.node, c.plugin)
+	cmd.Env = append(os.Environ(),
+		"CNI_COMMAND="+command,
+		"CNI_CONTAINERID="+containerID,
+		"CNI_NETNS="+netns,
+		"CNI_IFNAME=eth0",
+		"CNI_PATH="+filepath.Dir(c.plugin),
+	)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return cniRun{stdout: out.String(), stderr: errOut.String(), err: err}
+}
+
+// must runs a command that has to succeed and returns its stdout.
+func (c *cniRuntime) must(command, containerID, netns string, prevResult json.RawMessage) string {
+	c.t.Helper()
+	r := c.run(command, containerID, netns, prevResult)
+	if r.err != nil {
+		c.t.Fatalf("CNI %s %s: %v\nstdout: %s\nstderr: %s", command, containerID, r.err, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func TestCNIPlugin(t *testing.T) {
+	prefix := fmt.Sprintf("tlcni%d", os.Getpid()%10000)
+	e := newEnv(t, prefix, 1)
+	b := e.b
+	a := e.startAgent()
+
+	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
+	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
+		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
+	}
+	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
+		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
+	}}
+	podNS := privtest.Netns(t, prefix+"-cnipod")
+	podPath := "/var/run/netns/" + podNS
+	const cid = "e2e-cni-pod-1"
+	hostVeth := cni.HostVethName(cid, "eth0")
+	vethExists := func(name string) bool {
+		return exec.Command("ip", "-n", b.Node.Netns, "link", "show", name).Run() == nil
+	}
+
+	if got := rt.must("VERSION", "", "", nil); !strings.Contains(got, `"1.1.0"`) || !strings.Contains(got, `"0.4.0"`) {
+		t.Errorf("VERSION = %s", got)
+	}
+	rt.must("STATUS", "", "", nil)
+
+	// ADD: the pod gets the pool's first branch.
+	branch := b.Branches[0]
+	podAddr := netip.PrefixFrom(branch.IP, 32)
+	first := rt.must("ADD", cid, podPath, nil)
+	var res types100.Result
+	if err := json.Unmarshal([]byte(first), &res); err != nil {
+		t.Fatalf("ADD result %q: %v", first, err)
+	}
+	if res.CNIVersion != "1.1.0" || len(res.Interfaces) != 2 || res.Interfaces[0].Name != hostVeth ||
+		res.Interfaces[1].Name != "eth0" || res.Interfaces[1].Sandbox != podPath {
+		t.Errorf("ADD interfaces: %s", first)
+	}
+	if len(res.IPs) != 1 || res.IPs[0].Address.String() != podAddr.String() || res.IPs[0].Gateway.String() != b.Wire.IP.String() {
+		t.Errorf("ADD ips: %s; want %s via %s", first, podAddr, b.Wire.IP)
+	}
+	if res.Interfaces[1].Mac != branch.MAC.String() {
+		t.Errorf("pod MAC %s, want the branch's %s", res.Interfaces[1].Mac, branch.MAC)
+	}
+	reg, err := cni.NewClient(b.APISocket()).Get(t.Context(), cid, "eth0")
+	if err != nil || reg.VLAN != branch.VLAN || reg.State != cni.StateAttached || reg.HostVeth != hostVeth {
+		t.Errorf("agent's registration = %+v, %v; want VLAN %d attached on %s", reg, err, branch.VLAN, hostVeth)
+	}
+	if len(res.Routes) != 1 || res.Routes[0].Dst.String() != "0.0.0.0/0" {
+		t.Errorf("ADD routes: %s", first)
+	}
+	out := privtest.Run(t, "ip", "-n", b.Node.Netns, "-d", "link", "show", hostVeth)
+	if !strings.Contains(out, "prog/xdp") {
+		t.Errorf("the agent has no XDP program on %s after ADD:\n%s", hostVeth, out)
+	}
+
+	t.Run("the pod reaches the VPC gateway through the agent", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		if _, err := bed.Ping(ctx, podNS, b.Wire.IP); err != nil {
+			t.Errorf("ping %s from the pod: %v", b.Wire.IP, err)
+		}
+		var l net.Listener
+		if err := bed.InNetns(b.Wire.Netns, func() (err error) {
+			l, err = net.Listen("tcp", netip.AddrPortFrom(b.Wire.IP, 0).String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		peer := make(chan string, 1)
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				peer <- err.Error()
+				return
+			}
+			defer c.Close()
+			io.Copy(c, c)
+			peer <- c.RemoteAddr().String()
+		}()
+		c := dial(t, podNS, "tcp", netip.MustParseAddrPort(l.Addr().String()))
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		msg := []byte("hello from a CNI pod")
+		c.Write(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo through the gateway: %q, %v", got, err)
+		}
+		c.Close()
+		if p := <-peer; !strings.HasPrefix(p, branch.IP.String()+":") {
+			t.Errorf("the gateway saw the pod as %s; want %s", p, branch.IP)
+		}
+	})
+
+	t.Run("ADD again gives the same result", func(t *testing.T) {
+		if again := rt.must("ADD", cid, podPath, nil); again != first {
+			t.Errorf("second ADD:\n%s\nfirst:\n%s", again, first)
+		}
+	})
+
+	t.Run("CHECK passes, and fails precisely when the pod is broken", func(t *testing.T) {
+		rt.must("CHECK", cid, podPath, json.RawMessage(first))
+		privtest.Run(t, "ip", "-n", podNS, "route", "del", "default")
+		r := rt.run("CHECK", cid, podPath, json.RawMessage(first))
+		if r.err == nil || !strings.Contains(r.stdout, "default") {
+			t.Errorf("CHECK without the default route: %v\n%s", r.err, r.stdout)
+		}
+		rt.must("ADD", cid, podPath, nil) // repairs
+		rt.must("CHECK", cid, podPath, json.RawMessage(first))
+	})
+
+	t.Run("DEL twice", func(t *testing.T) {
+		rt.must("DEL", cid, podPath, json.RawMessage(first))
+		rt.must("DEL", cid, podPath, json.RawMessage(first))
+		if vethExists(hostVeth) {
+			t.Errorf("host veth %s still exists after DEL", hostVeth)
+		}
+		if out := privtest.Run(t, "ip", "-n", podNS, "-br", "link"); strings.Contains(out, "eth0") {
+			t.Errorf("pod interface left after DEL:\n%s", out)
+		}
+		r := rt.run("CHECK", cid, podPath, json.RawMessage(first))
+		if r.err == nil {
+			t.Error("CHECK passed after DEL")
+		}
+	})
+
+	t.Run("agent stopped: STATUS says plugin not available, ADD try again later, DEL succeeds", func(t *testing.T) {
+		const cid2 = "e2e-cni-pod-2"
+		second := rt.must("ADD", cid2, podPath, nil)
+		if _, err := a.Stop(2 * time.Second); err != nil {
+			t.Errorf("agent exit: %v", err)
+		}
+		r := rt.run("STATUS", "", "", nil)
+		if r.err == nil || r.cniError().Code != types.ErrPluginNotAvailable {
+			t.Errorf("STATUS with the agent stopped: %v\n%s", r.err, r.stdout)
+		}
+		r = rt.run("ADD", "e2e-cni-pod-3", podPath, nil)
+		if r.err == nil || r.cniError().Code != types.ErrTryAgainLater || !strings.Contains(r.stdout, "is the DaemonSet running?") {
+			t.Errorf("ADD with the agent stopped: %v\n%s", r.err, r.stdout)
+		}
+		rt.must("DEL", cid2, podPath, json.RawMessage(second))
+		rt.must("DEL", cid2, podPath, json.RawMessage(second))
+		if vethExists(cni.HostVethName(cid2, "eth0")) {
+			t.Error("host veth still exists after DEL with the agent stopped")
+		}
+	})
+}
