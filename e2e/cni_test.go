@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -233,4 +234,166 @@ func TestCNIPlugin(t *testing.T) {
 			t.Error("host veth still exists after DEL with the agent stopped")
 		}
 	})
+}
+
+// TestCNIPodsSurviveAgentRestarts: pods the plugin registered get their
+// sockets back when the agent restarts (after SIGTERM or a crash), with no
+// CNI call; a pod deleted while the agent was down is released when it
+// comes back.
+func TestCNIPodsSurviveAgentRestarts(t *testing.T) {
+	prefix := fmt.Sprintf("tlcnr%d", os.Getpid()%10000)
+	e := newEnv(t, prefix, 1)
+	b := e.b
+	a := e.startAgent()
+	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
+	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
+		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
+	}
+	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
+		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
+	}}
+	nsA, nsB := privtest.Netns(t, prefix+"-a"), privtest.Netns(t, prefix+"-b")
+	rt.must("ADD", "pod-a", "/var/run/netns/"+nsA, nil)
+	rt.must("ADD", "pod-b", "/var/run/netns/"+nsB, nil)
+	reaches := func(ns string) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		_, err := bed.Ping(ctx, ns, b.Wire.IP)
+		return err
+	}
+	for _, ns := range []string{nsA, nsB} {
+		if err := reaches(ns); err != nil {
+			t.Fatalf("%s before any restart: %v", ns, err)
+		}
+	}
+	registered := func(c *cni.Client) map[string]string {
+		regs, err := c.List(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, g := range regs {
+			m[g.ContainerID] = g.State
+		}
+		return m
+	}
+
+	// SIGTERM, then a new agent: both pods forward again.
+	if _, err := a.Stop(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := reaches(nsA); err == nil {
+		t.Fatal("pod A reached the VPC with the agent stopped")
+	}
+	a = e.startAgent()
+	for _, ns := range []string{nsA, nsB} {
+		if err := reaches(ns); err != nil {
+			t.Errorf("%s after a restart: %v", ns, err)
+		}
+	}
+
+	// A crash, and pod B deleted while the agent is down.
+	a.Kill()
+	rt.must("DEL", "pod-b", "/var/run/netns/"+nsB, nil)
+	a = e.startAgent()
+	if err := reaches(nsA); err != nil {
+		t.Errorf("pod A after a crash: %v", err)
+	}
+	got := registered(cni.NewClient(b.APISocket()))
+	if got["pod-a"] != cni.StateAttached || len(got) != 1 {
+		t.Errorf("registrations after the restart: %v; want pod-a attached, pod-b released", got)
+	}
+	// Its branch is free again.
+	nsC := privtest.Netns(t, prefix+"-c")
+	rt.must("ADD", "pod-c", "/var/run/netns/"+nsC, nil)
+	if err := reaches(nsC); err != nil {
+		t.Errorf("a new pod on the released branch: %v", err)
+	}
+	rt.must("DEL", "pod-a", "/var/run/netns/"+nsA, nil)
+	rt.must("DEL", "pod-c", "/var/run/netns/"+nsC, nil)
+}
+
+// TestCNIConcurrentAdds: 50 ADDs at once get 50 distinct branches, and
+// DELs at once free them.
+func TestCNIConcurrentAdds(t *testing.T) {
+	prefix := fmt.Sprintf("tlcnc%d", os.Getpid()%10000)
+	e := newEnv(t, prefix, 1)
+	b := e.b
+	// A pool of 50 branches instead of the bed's 8.
+	cfg, err := os.ReadFile(b.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	skip := false
+	for _, l := range strings.Split(string(cfg), "\n") {
+		switch {
+		case l == "branches:":
+			skip = true
+			lines = append(lines, l)
+			for i := 1; i <= 50; i++ {
+				lines = append(lines, fmt.Sprintf("  - {vlan: %d, ip: 10.100.201.%d, mac: \"02:00:0a:64:c9:%02x\"}", 3000+i, i, i))
+			}
+			continue
+		case skip && strings.HasPrefix(l, "  - "):
+			continue
+		}
+		skip = false
+		lines = append(lines, l)
+	}
+	e.configPath = filepath.Join(t.TempDir(), "fifty.yaml")
+	os.WriteFile(e.configPath, []byte(strings.Join(lines, "\n")), 0o644)
+	e.startAgent()
+	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
+	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
+		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
+	}
+	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
+		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
+	}}
+	const n = 50
+	nss := make([]string, n)
+	for i := range nss {
+		nss[i] = privtest.Netns(t, fmt.Sprintf("%s-p%d", prefix, i))
+	}
+	results := make([]cniRun, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = rt.run("ADD", fmt.Sprintf("pod-%d", i), "/var/run/netns/"+nss[i], nil) })
+	}
+	wg.Wait()
+	ips := map[string]bool{}
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("ADD %d: %v\n%s%s", i, r.err, r.stdout, r.stderr)
+		}
+		var res types100.Result
+		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || len(res.IPs) != 1 {
+			t.Fatalf("ADD %d result %q: %v", i, r.stdout, err)
+		}
+		ips[res.IPs[0].Address.String()] = true
+	}
+	regs, err := cni.NewClient(b.APISocket()).List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	vlans := map[uint16]bool{}
+	for _, g := range regs {
+		vlans[g.VLAN] = true
+	}
+	if len(ips) != n || len(vlans) != n {
+		t.Errorf("%d ADDs at once got %d distinct IPs and %d distinct VLANs", n, len(ips), len(vlans))
+	}
+	for i := range n {
+		wg.Go(func() { results[i] = rt.run("DEL", fmt.Sprintf("pod-%d", i), "/var/run/netns/"+nss[i], nil) })
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.err != nil {
+			t.Errorf("DEL %d: %v\n%s%s", i, r.err, r.stdout, r.stderr)
+		}
+	}
+	if regs, _ := cni.NewClient(b.APISocket()).List(t.Context()); len(regs) != 0 {
+		t.Errorf("%d registrations left after every DEL", len(regs))
+	}
 }
