@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -396,4 +397,107 @@ func TestCNIConcurrentAdds(t *testing.T) {
 	if regs, _ := cni.NewClient(b.APISocket()).List(t.Context()); len(regs) != 0 {
 		t.Errorf("%d registrations left after every DEL", len(regs))
 	}
+}
+
+// TestCNIGC: GC with one valid and one stale attachment releases the stale
+// one only.
+func TestCNIGC(t *testing.T) {
+	prefix := fmt.Sprintf("tlcng%d", os.Getpid()%10000)
+	e := newEnv(t, prefix, 1)
+	b := e.b
+	e.startAgent()
+	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
+	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
+		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
+	}
+	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
+		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
+	}}
+	nsA, nsB := privtest.Netns(t, prefix+"-a"), privtest.Netns(t, prefix+"-b")
+	rt.must("ADD", "keep", "/var/run/netns/"+nsA, nil)
+	rt.must("ADD", "stale", "/var/run/netns/"+nsB, nil)
+	rt.conf["cni.dev/valid-attachments"] = []map[string]string{{"containerID": "keep", "ifname": "eth0"}}
+	rt.must("GC", "", "", nil)
+	delete(rt.conf, "cni.dev/valid-attachments")
+	regs, err := cni.NewClient(b.APISocket()).List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(regs) != 1 || regs[0].ContainerID != "keep" || regs[0].State != cni.StateAttached {
+		t.Fatalf("after GC: %+v; want only keep, attached", regs)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	if _, err := bed.Ping(ctx, nsA, b.Wire.IP); err != nil {
+		t.Errorf("the valid pod after GC: %v", err)
+	}
+	rt.must("DEL", "keep", "/var/run/netns/"+nsA, nil)
+	rt.must("DEL", "stale", "/var/run/netns/"+nsB, nil)
+}
+
+// TestCNILatency measures the real plugin's ADD and DEL over
+// TRUNKLINE_CNI_PODS pods (default 10; the README's figures use 200) and
+// logs the median and p99. It asserts only that every call succeeds.
+func TestCNILatency(t *testing.T) {
+	n := 10
+	if v := os.Getenv("TRUNKLINE_CNI_PODS"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	prefix := fmt.Sprintf("tlcnl%d", os.Getpid()%10000)
+	e := newEnv(t, prefix, 1)
+	b := e.b
+	cfg, err := os.ReadFile(b.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	skip := false
+	for _, l := range strings.Split(string(cfg), "\n") {
+		switch {
+		case l == "branches:":
+			skip = true
+			lines = append(lines, l)
+			for i := 1; i <= n; i++ {
+				lines = append(lines, fmt.Sprintf("  - {vlan: %d, ip: 10.100.%d.%d, mac: \"02:00:0a:64:%02x:%02x\"}", 3000+i, 210+i/250, 1+i%250, 210+i/250, 1+i%250))
+			}
+			continue
+		case skip && strings.HasPrefix(l, "  - "):
+			continue
+		}
+		skip = false
+		lines = append(lines, l)
+	}
+	e.configPath = filepath.Join(t.TempDir(), "many.yaml")
+	os.WriteFile(e.configPath, []byte(strings.Join(lines, "\n")), 0o644)
+	e.startAgent()
+	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
+	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
+		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
+	}
+	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
+		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
+	}}
+	nss := make([]string, n)
+	for i := range nss {
+		nss[i] = privtest.Netns(t, fmt.Sprintf("%s-p%d", prefix, i))
+	}
+	add := make([]time.Duration, n)
+	del := make([]time.Duration, n)
+	for i := range n {
+		start := time.Now()
+		rt.must("ADD", fmt.Sprintf("lat-%d", i), "/var/run/netns/"+nss[i], nil)
+		add[i] = time.Since(start)
+	}
+	for i := range n {
+		start := time.Now()
+		rt.must("DEL", fmt.Sprintf("lat-%d", i), "/var/run/netns/"+nss[i], nil)
+		del[i] = time.Since(start)
+	}
+	q := func(d []time.Duration, p float64) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[min(len(s)-1, int(p*float64(len(s))))]
+	}
+	t.Logf("%d pods, one after another, each through the plugin binary (process start included): ADD median %v p99 %v; DEL median %v p99 %v",
+		n, q(add, 0.5).Round(time.Microsecond), q(add, 0.99).Round(time.Microsecond), q(del, 0.5).Round(time.Microsecond), q(del, 0.99).Round(time.Microsecond))
 }
