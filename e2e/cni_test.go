@@ -314,37 +314,14 @@ func TestCNIPodsSurviveAgentRestarts(t *testing.T) {
 	rt.must("DEL", "pod-c", "/var/run/netns/"+nsC, nil)
 }
 
-// TestCNIConcurrentAdds: 50 ADDs at once get 50 distinct branches, and
-// DELs at once free them.
+// TestCNIConcurrentAdds: 50 ADDs at once get 50 distinct branches; after
+// the agent is killed (SIGKILL) and started again, every pod is reachable
+// from the VPC within 2 s, with no CNI call; DELs at once free them.
 func TestCNIConcurrentAdds(t *testing.T) {
 	prefix := fmt.Sprintf("tlcnc%d", os.Getpid()%10000)
 	e := newEnv(t, prefix, 1)
 	b := e.b
-	// A pool of 50 branches instead of the bed's 8.
-	cfg, err := os.ReadFile(b.ConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines []string
-	skip := false
-	for _, l := range strings.Split(string(cfg), "\n") {
-		switch {
-		case l == "branches:":
-			skip = true
-			lines = append(lines, l)
-			for i := 1; i <= 50; i++ {
-				lines = append(lines, fmt.Sprintf("  - {vlan: %d, ip: 10.100.201.%d, mac: \"02:00:0a:64:c9:%02x\"}", 3000+i, i, i))
-			}
-			continue
-		case skip && strings.HasPrefix(l, "  - "):
-			continue
-		}
-		skip = false
-		lines = append(lines, l)
-	}
-	e.configPath = filepath.Join(t.TempDir(), "fifty.yaml")
-	os.WriteFile(e.configPath, []byte(strings.Join(lines, "\n")), 0o644)
-	e.startAgent()
+	a := e.startAgent()
 	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
 	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
 		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
@@ -353,6 +330,9 @@ func TestCNIConcurrentAdds(t *testing.T) {
 		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
 	}}
 	const n = 50
+	if len(b.Branches) < n {
+		t.Fatalf("the bed's node owns %d branches, want %d", len(b.Branches), n)
+	}
 	nss := make([]string, n)
 	for i := range nss {
 		nss[i] = privtest.Netns(t, fmt.Sprintf("%s-p%d", prefix, i))
@@ -363,7 +343,7 @@ func TestCNIConcurrentAdds(t *testing.T) {
 		wg.Go(func() { results[i] = rt.run("ADD", fmt.Sprintf("pod-%d", i), "/var/run/netns/"+nss[i], nil) })
 	}
 	wg.Wait()
-	ips := map[string]bool{}
+	var podIPs []netip.Addr
 	for i, r := range results {
 		if r.err != nil {
 			t.Fatalf("ADD %d: %v\n%s%s", i, r.err, r.stdout, r.stderr)
@@ -372,19 +352,47 @@ func TestCNIConcurrentAdds(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || len(res.IPs) != 1 {
 			t.Fatalf("ADD %d result %q: %v", i, r.stdout, err)
 		}
-		ips[res.IPs[0].Address.String()] = true
+		ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+		podIPs = append(podIPs, ip)
 	}
 	regs, err := cni.NewClient(b.APISocket()).List(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	vlans := map[uint16]bool{}
+	ips, vlans := map[netip.Addr]bool{}, map[uint16]bool{}
 	for _, g := range regs {
 		vlans[g.VLAN] = true
+	}
+	for _, ip := range podIPs {
+		ips[ip] = true
 	}
 	if len(ips) != n || len(vlans) != n {
 		t.Errorf("%d ADDs at once got %d distinct IPs and %d distinct VLANs", n, len(ips), len(vlans))
 	}
+
+	// A crash and a restart: every pod answers the VPC again, no CNI call.
+	a.Kill()
+	start := time.Now()
+	e.startAgent()
+	var mu sync.Mutex
+	unreachable := map[netip.Addr]error{}
+	for _, ip := range podIPs {
+		wg.Go(func() {
+			ctx, cancel := context.WithDeadline(t.Context(), start.Add(2*time.Second))
+			defer cancel()
+			if _, err := bed.Ping(ctx, b.Wire.Netns, ip); err != nil {
+				mu.Lock()
+				unreachable[ip] = err
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(unreachable) > 0 {
+		t.Errorf("%d of %d pods not reachable from the VPC within 2 s of the restart: %v", len(unreachable), n, unreachable)
+	}
+	t.Logf("all %d pods answered within %v of the agent's restart", n-len(unreachable), time.Since(start).Round(time.Millisecond))
+
 	for i := range n {
 		wg.Go(func() { results[i] = rt.run("DEL", fmt.Sprintf("pod-%d", i), "/var/run/netns/"+nss[i], nil) })
 	}

@@ -68,7 +68,7 @@ type Branch struct {
 }
 
 // BranchCount is how many free branches a bed's node owns.
-const BranchCount = 8
+const BranchCount = 64
 
 // bedBranches are the node's free branches: VLANs 2001…, addresses
 // 10.100.200.x (out of the pods' range).
