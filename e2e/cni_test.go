@@ -48,6 +48,14 @@ func (r cniRun) cniError() types.Error {
 	return e
 }
 
+// newCNIRuntime builds the plugin and runs it for bed b's node.
+func newCNIRuntime(t *testing.T, b *bed.Bed) *cniRuntime {
+	t.Helper()
+	return &cniRuntime{t: t, plugin: buildPlugin(t), node: b.Node.Netns, conf: map[string]any{
+		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
+	}}
+}
+
 func (c *cniRuntime) run(command, containerID, netns string, prevResult json.RawMessage) cniRun {
 	c.t.Helper()
 	conf := map[string]any{}
@@ -94,13 +102,7 @@ func TestCNIPlugin(t *testing.T) {
 	b := e.b
 	a := e.startAgent()
 
-	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
-	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
-		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
-	}
-	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
-		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
-	}}
+	rt := newCNIRuntime(t, b)
 	podNS := privtest.Netns(t, prefix+"-cnipod")
 	podPath := "/var/run/netns/" + podNS
 	const cid = "e2e-cni-pod-1"
@@ -246,13 +248,7 @@ func TestCNIPodsSurviveAgentRestarts(t *testing.T) {
 	e := newEnv(t, prefix, 1)
 	b := e.b
 	a := e.startAgent()
-	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
-	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
-		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
-	}
-	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
-		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
-	}}
+	rt := newCNIRuntime(t, b)
 	nsA, nsB := privtest.Netns(t, prefix+"-a"), privtest.Netns(t, prefix+"-b")
 	rt.must("ADD", "pod-a", "/var/run/netns/"+nsA, nil)
 	rt.must("ADD", "pod-b", "/var/run/netns/"+nsB, nil)
@@ -322,13 +318,7 @@ func TestCNIConcurrentAdds(t *testing.T) {
 	e := newEnv(t, prefix, 1)
 	b := e.b
 	a := e.startAgent()
-	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
-	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
-		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
-	}
-	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
-		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
-	}}
+	rt := newCNIRuntime(t, b)
 	const n = 50
 	if len(b.Branches) < n {
 		t.Fatalf("the bed's node owns %d branches, want %d", len(b.Branches), n)
@@ -414,13 +404,7 @@ func TestCNIGC(t *testing.T) {
 	e := newEnv(t, prefix, 1)
 	b := e.b
 	e.startAgent()
-	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
-	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
-		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
-	}
-	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
-		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
-	}}
+	rt := newCNIRuntime(t, b)
 	nsA, nsB := privtest.Netns(t, prefix+"-a"), privtest.Netns(t, prefix+"-b")
 	rt.must("ADD", "keep", "/var/run/netns/"+nsA, nil)
 	rt.must("ADD", "stale", "/var/run/netns/"+nsB, nil)
@@ -478,13 +462,7 @@ func TestCNILatency(t *testing.T) {
 	e.configPath = filepath.Join(t.TempDir(), "many.yaml")
 	os.WriteFile(e.configPath, []byte(strings.Join(lines, "\n")), 0o644)
 	e.startAgent()
-	plugin := filepath.Join(t.TempDir(), "trunkline-cni")
-	if out, err := exec.Command("go", "build", "-o", plugin, "../cmd/trunkline-cni").CombinedOutput(); err != nil {
-		t.Fatalf("build trunkline-cni: %v\n%s", err, out)
-	}
-	rt := &cniRuntime{t: t, plugin: plugin, node: b.Node.Netns, conf: map[string]any{
-		"cniVersion": "1.1.0", "name": "trunkline", "type": "trunkline-cni", "agentSocket": b.APISocket(),
-	}}
+	rt := newCNIRuntime(t, b)
 	nss := make([]string, n)
 	for i := range nss {
 		nss[i] = privtest.Netns(t, fmt.Sprintf("%s-p%d", prefix, i))
