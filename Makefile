@@ -22,6 +22,7 @@ deps:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@test -x $(BIN)/cnitool || GOBIN=$(abspath $(BIN)) $(GO) install github.com/containernetworking/cni/cnitool@v1.3.1
+	@test -x $(BIN)/host-local || GOBIN=$(abspath $(BIN)) $(GO) install github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0
 
 # The whole suite: pure tests, dataplane tests over in-memory ports, and the
 # privileged tests on real namespaces (they refuse to skip when CI=true).

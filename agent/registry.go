@@ -105,8 +105,30 @@ func (r *registry) save() error {
 // Allocate gives the pod interface a branch attachment; the same
 // interface always gets the same one back.
 func (a *Agent) Allocate(containerID, ifname, netns string) (Registration, error) {
+	return a.AllocateAddress(containerID, ifname, netns, "")
+}
+
+// AllocateAddress is Allocate for a pod whose address a chained IPAM
+// plugin chose (ip, "" for none): the agent still supplies the VLAN — the
+// branch with that address if the node owns one, else any free branch (the
+// VPC must then route the address to that branch).
+func (a *Agent) AllocateAddress(containerID, ifname, netns, ip string) (Registration, error) {
 	if containerID == "" || ifname == "" {
 		return Registration{}, fmt.Errorf("%w: containerID and ifname are required", ErrInvalidConfig)
+	}
+	var want netip.Addr
+	if ip != "" {
+		p, err := netip.ParsePrefix(ip)
+		if err != nil {
+			if want, err = netip.ParseAddr(ip); err != nil {
+				return Registration{}, fmt.Errorf("%w: ip %q is not an address", ErrInvalidConfig, ip)
+			}
+		} else {
+			want = p.Addr()
+		}
+		if !want.Is4() {
+			return Registration{}, fmt.Errorf("%w: ip %q is not IPv4", ErrInvalidConfig, ip)
+		}
 	}
 	a.regMu.Lock()
 	defer a.regMu.Unlock()
@@ -122,9 +144,12 @@ func (a *Agent) Allocate(containerID, ifname, netns string) (Registration, error
 	}
 	var br *podSettings
 	for i := range a.s.branches {
-		if !used[uint16(a.s.branches[i].VLAN)] {
+		free := !used[uint16(a.s.branches[i].VLAN)]
+		if free && (br == nil || a.s.branches[i].ip == want) {
 			br = &a.s.branches[i]
-			break
+			if !want.IsValid() || br.ip == want {
+				break
+			}
 		}
 	}
 	if br == nil {
@@ -137,8 +162,12 @@ func (a *Agent) Allocate(containerID, ifname, netns string) (Registration, error
 	if int(id) >= vlan.MaxAttachments {
 		return Registration{}, ErrPoolEmpty
 	}
+	addr := br.ip
+	if want.IsValid() {
+		addr = want
+	}
 	g := &Registration{ContainerID: containerID, Ifname: ifname, Netns: netns, VLAN: uint16(br.VLAN),
-		IP: netip.PrefixFrom(br.ip, 32).String(), MAC: br.PodConfig.MAC, Gateway: a.s.gatewayIP.String(),
+		IP: netip.PrefixFrom(addr, 32).String(), MAC: br.PodConfig.MAC, Gateway: a.s.gatewayIP.String(),
 		State: StateAllocated, ID: id}
 	a.reg.regs[k] = g
 	if err := a.reg.save(); err != nil {
@@ -312,11 +341,11 @@ var errNotFound = errors.New("not found")
 func (a *Agent) registrationRoutes(mux *http.ServeMux) {
 	p := "/" + APIVersion + "/attachments"
 	mux.HandleFunc("POST "+p, func(w http.ResponseWriter, r *http.Request) {
-		var req struct{ ContainerID, Ifname, Netns string }
+		var req struct{ ContainerID, Ifname, Netns, IP string }
 		if !decode(w, r, &req) {
 			return
 		}
-		g, err := a.Allocate(req.ContainerID, req.Ifname, req.Netns)
+		g, err := a.AllocateAddress(req.ContainerID, req.Ifname, req.Netns, req.IP)
 		respond(w, g, err)
 	})
 	mux.HandleFunc("PUT "+p+"/{cid}/{ifname}", func(w http.ResponseWriter, r *http.Request) {

@@ -104,12 +104,19 @@ func NewClient(socket string) *Client {
 // Allocate asks for the attachment of a pod interface; the same containerID
 // and ifname get the same attachment back.
 func (c *Client) Allocate(ctx context.Context, containerID, ifname, netns string) (Registration, error) {
+	return c.AllocateAddress(ctx, containerID, ifname, netns, "")
+}
+
+// AllocateAddress is Allocate for a pod whose address a chained IPAM
+// plugin chose: the agent still supplies the VLAN.
+func (c *Client) AllocateAddress(ctx context.Context, containerID, ifname, netns, ip string) (Registration, error) {
 	var r Registration
 	body := struct {
 		ContainerID string `json:"containerID"`
 		Ifname      string `json:"ifname"`
 		Netns       string `json:"netns"`
-	}{containerID, ifname, netns}
+		IP          string `json:"ip,omitempty"`
+	}{containerID, ifname, netns, ip}
 	return r, c.call(ctx, http.MethodPost, "/v1/attachments", body, &r)
 }
 

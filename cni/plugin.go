@@ -8,8 +8,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
 // commandTimeout bounds one plugin command, agent calls and netlink work
@@ -35,17 +37,22 @@ func add(ctx context.Context, args *skel.CmdArgs) (res types.Result, err error) 
 	if err != nil {
 		return nil, err
 	}
-	if conf.IPAM != nil {
-		// The agent forwards by the address it allocated, and its API has no
-		// way yet to be told another one.
-		return nil, types.NewError(types.ErrUnsupportedField, "ipam chaining not supported yet",
-			"remove the ipam section from the trunkline network configuration: the trunkline agent assigns each pod its address")
-	}
 	if args.Netns == "" {
 		return nil, types.NewError(types.ErrInvalidNetNS, "CNI_NETNS is empty", "ADD needs the pod's network namespace")
 	}
+	// A chained IPAM plugin, if any, chooses the address; the agent still
+	// supplies the VLAN.
+	ip, err := ipamAdd(conf, args)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && ip != "" {
+			err = errors.Join(err, ipamDel(conf, args))
+		}
+	}()
 	agent := NewClient(conf.AgentSocket)
-	reg, err := agent.Allocate(ctx, args.ContainerID, args.IfName, args.Netns)
+	reg, err := agent.AllocateAddress(ctx, args.ContainerID, args.IfName, args.Netns, ip)
 	if err != nil {
 		return nil, fmt.Errorf("allocate an attachment for %s/%s: %w", args.ContainerID, args.IfName, err)
 	}
@@ -109,6 +116,9 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	var errs []error
 	if err := TeardownPod(args.Netns, args.IfName, args.ContainerID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ipamDel(conf, args); err != nil {
 		errs = append(errs, err)
 	}
 	err = NewClient(conf.AgentSocket).Release(ctx, args.ContainerID, args.IfName)
@@ -237,4 +247,54 @@ func cniError(err error) error {
 		code = types.ErrTryAgainLater
 	}
 	return types.NewError(code, err.Error(), "")
+}
+
+// ipamType is the chained IPAM plugin's type, "" when there is none.
+func ipamType(conf *Config) (string, error) {
+	if conf.IPAM == nil {
+		return "", nil
+	}
+	var t struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(conf.IPAM, &t); err != nil || t.Type == "" {
+		return "", types.NewError(types.ErrInvalidNetworkConfig, "ipam has no type", "the ipam section must name its plugin, e.g. \"type\": \"host-local\"")
+	}
+	return t.Type, nil
+}
+
+// ipamAdd runs the chained IPAM plugin's ADD and returns the IPv4 address
+// it chose, or "" without IPAM.
+func ipamAdd(conf *Config, args *skel.CmdArgs) (string, error) {
+	typ, err := ipamType(conf)
+	if err != nil || typ == "" {
+		return "", err
+	}
+	r, err := invoke.DelegateAdd(context.Background(), typ, args.StdinData, nil)
+	if err != nil {
+		return "", fmt.Errorf("ipam %s: %w", typ, err)
+	}
+	res, err := types100.NewResultFromResult(r)
+	if err != nil {
+		return "", fmt.Errorf("ipam %s result: %w", typ, err)
+	}
+	for _, c := range res.IPs {
+		if v4 := c.Address.IP.To4(); v4 != nil {
+			return v4.String(), nil
+		}
+	}
+	invoke.DelegateDel(context.Background(), typ, args.StdinData, nil)
+	return "", types.NewError(types.ErrInvalidNetworkConfig, "ipam gave no IPv4 address", fmt.Sprintf("ipam %s answered %v", typ, res.IPs))
+}
+
+// ipamDel runs the chained IPAM plugin's DEL (none without IPAM).
+func ipamDel(conf *Config, args *skel.CmdArgs) error {
+	typ, err := ipamType(conf)
+	if err != nil || typ == "" {
+		return err
+	}
+	if err := invoke.DelegateDel(context.Background(), typ, args.StdinData, nil); err != nil {
+		return fmt.Errorf("ipam %s: %w", typ, err)
+	}
+	return nil
 }

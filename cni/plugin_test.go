@@ -98,14 +98,19 @@ func TestDelIsBestEffort(t *testing.T) {
 	wantCode(t, Del(args), types.ErrIncompatibleCNIVersion)
 }
 
-func TestAddRejectsIPAM(t *testing.T) {
+// A chained IPAM plugin that cannot run fails ADD before the agent is
+// asked for anything (the end-to-end test runs the real host-local).
+func TestAddWithAnIPAMThatCannotRun(t *testing.T) {
 	f := newFakeAgent(t, 1)
+	t.Setenv("CNI_PATH", t.TempDir()) // no host-local there
 	_, err := add(t.Context(), &skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: "/var/run/netns/x",
 		StdinData: pluginConf(f.socket, `,"ipam":{"type":"host-local"}`)})
-	wantCode(t, err, types.ErrUnsupportedField)
-	if !strings.Contains(err.Error(), "ipam chaining not supported yet") {
-		t.Errorf("err = %v", err)
+	if err == nil || !strings.Contains(err.Error(), "ipam host-local") {
+		t.Errorf("err = %v, want one naming ipam host-local", err)
 	}
+	_, err = add(t.Context(), &skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: "/var/run/netns/x",
+		StdinData: pluginConf(f.socket, `,"ipam":{"subnet":"10.0.0.0/24"}`)})
+	wantCode(t, err, types.ErrInvalidNetworkConfig)
 	if f.lastRequest() != "" {
 		t.Errorf("the agent was called: %s", f.lastRequest())
 	}

@@ -48,6 +48,13 @@ func (r cniRun) cniError() types.Error {
 	return e
 }
 
+// binDir is the repository's bin/, where `make deps` installs cnitool and
+// the reference host-local IPAM plugin.
+func binDir() string {
+	d, _ := filepath.Abs("../bin")
+	return d
+}
+
 // newCNIRuntime builds the plugin and runs it for bed b's node.
 func newCNIRuntime(t *testing.T, b *bed.Bed) *cniRuntime {
 	t.Helper()
@@ -77,7 +84,7 @@ func (c *cniRuntime) run(command, containerID, netns string, prevResult json.Raw
 		"CNI_CONTAINERID="+containerID,
 		"CNI_NETNS="+netns,
 		"CNI_IFNAME=eth0",
-		"CNI_PATH="+filepath.Dir(c.plugin),
+		"CNI_PATH="+filepath.Dir(c.plugin)+":"+binDir(),
 	)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errOut bytes.Buffer
@@ -486,4 +493,43 @@ func TestCNILatency(t *testing.T) {
 	}
 	t.Logf("%d pods, one after another, each through the plugin binary (process start included): ADD median %v p99 %v; DEL median %v p99 %v",
 		n, q(add, 0.5).Round(time.Microsecond), q(add, 0.99).Round(time.Microsecond), q(del, 0.5).Round(time.Microsecond), q(del, 0.99).Round(time.Microsecond))
+}
+
+// TestCNIChainedHostLocal: the reference host-local IPAM plugin chooses the
+// pod's address; the agent supplies the VLAN of the branch with that
+// address, and the pod is reachable from the VPC.
+func TestCNIChainedHostLocal(t *testing.T) {
+	if _, err := os.Stat(filepath.Join(binDir(), "host-local")); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no host-local in bin/: `make deps` installs it")
+		}
+		t.Skip("no host-local in bin/: `make deps` installs it")
+	}
+	prefix := fmt.Sprintf("tlhl%d", os.Getpid()%10000)
+	e := newEnv(t, prefix, 1)
+	b := e.b
+	e.startAgent()
+	rt := newCNIRuntime(t, b)
+	dataDir := t.TempDir()
+	pick := b.Branches[5].IP // host-local hands out its range's first address
+	rt.conf["ipam"] = map[string]any{
+		"type": "host-local", "dataDir": dataDir,
+		"ranges": [][]map[string]string{{{"subnet": "10.100.200.0/24", "rangeStart": pick.String(), "rangeEnd": pick.String()}}},
+	}
+	podNS := privtest.Netns(t, prefix+"-pod")
+	out := rt.must("ADD", "hl-pod", "/var/run/netns/"+podNS, nil)
+	var res types100.Result
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 || res.IPs[0].Address.IP.String() != pick.String() {
+		t.Fatalf("ADD with host-local: %s (%v); want %s", out, err, pick)
+	}
+	reg, err := cni.NewClient(b.APISocket()).Get(t.Context(), "hl-pod", "eth0")
+	if err != nil || reg.VLAN != b.Branches[5].VLAN {
+		t.Fatalf("registration %+v, %v; want the VLAN of the branch with %s (%d)", reg, err, pick, b.Branches[5].VLAN)
+	}
+	servePod(t, b, podNS)
+	vpcReaches(t, b, pick)
+	rt.must("DEL", "hl-pod", "/var/run/netns/"+podNS, nil)
+	if _, err := os.Stat(filepath.Join(dataDir, "trunkline", pick.String())); !os.IsNotExist(err) {
+		t.Errorf("host-local still holds %s after DEL: %v", pick, err)
+	}
 }
