@@ -58,8 +58,9 @@ type Agent struct {
 	svcMu   sync.Mutex      // serialises Service updates; guards svcCfgs
 	svcCfgs []ServiceConfig // the Services now served
 
-	regMu sync.Mutex // serialises registrations; guards reg
-	reg   registry
+	regMu    sync.Mutex // serialises registrations; guards reg
+	reg      registry
+	branches BranchProvider
 
 	ready     atomic.Bool
 	readyOnce sync.Once
@@ -104,7 +105,7 @@ func New(cfg Config, o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Agent{log: o.Logger, s: s, readyCh: make(chan struct{})}, nil
+	return &Agent{log: o.Logger, s: s, readyCh: make(chan struct{}), branches: configBranches(s.branches)}, nil
 }
 
 // Run sets the node up, forwards until ctx ends, then detaches everything.

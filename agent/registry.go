@@ -40,6 +40,33 @@ const (
 
 type regKey struct{ containerID, ifname string }
 
+// Branch is one branch attachment a node owns: a VLAN on the trunk and the
+// address and MAC that go with it.
+type Branch struct {
+	VLAN uint16
+	IP   netip.Addr
+	MAC  string
+}
+
+// BranchProvider supplies the node's branch attachments. The config file's
+// `branches:` is one (configBranches); a cloud ENI API can be another.
+type BranchProvider interface {
+	// Branches lists the branches the node owns now, in preference order.
+	Branches() []Branch
+}
+
+// configBranches are the branches the config file lists.
+type configBranches []podSettings
+
+// Branches implements BranchProvider.
+func (c configBranches) Branches() []Branch {
+	out := make([]Branch, len(c))
+	for i, b := range c {
+		out[i] = Branch{VLAN: uint16(b.VLAN), IP: b.ip, MAC: b.PodConfig.MAC}
+	}
+	return out
+}
+
 // ErrPoolEmpty reports that every branch attachment is in use.
 var ErrPoolEmpty = errors.New("no free branch attachment on this node")
 
@@ -142,12 +169,13 @@ func (a *Agent) AllocateAddress(containerID, ifname, netns, ip string) (Registra
 		used[g.VLAN] = true
 		ids[g.ID] = true
 	}
-	var br *podSettings
-	for i := range a.s.branches {
-		free := !used[uint16(a.s.branches[i].VLAN)]
-		if free && (br == nil || a.s.branches[i].ip == want) {
-			br = &a.s.branches[i]
-			if !want.IsValid() || br.ip == want {
+	var br *Branch
+	branches := a.branches.Branches()
+	for i := range branches {
+		free := !used[branches[i].VLAN]
+		if free && (br == nil || branches[i].IP == want) {
+			br = &branches[i]
+			if !want.IsValid() || br.IP == want {
 				break
 			}
 		}
@@ -162,12 +190,12 @@ func (a *Agent) AllocateAddress(containerID, ifname, netns, ip string) (Registra
 	if int(id) >= vlan.MaxAttachments {
 		return Registration{}, ErrPoolEmpty
 	}
-	addr := br.ip
+	addr := br.IP
 	if want.IsValid() {
 		addr = want
 	}
-	g := &Registration{ContainerID: containerID, Ifname: ifname, Netns: netns, VLAN: uint16(br.VLAN),
-		IP: netip.PrefixFrom(addr, 32).String(), MAC: br.PodConfig.MAC, Gateway: a.s.gatewayIP.String(),
+	g := &Registration{ContainerID: containerID, Ifname: ifname, Netns: netns, VLAN: br.VLAN,
+		IP: netip.PrefixFrom(addr, 32).String(), MAC: br.MAC, Gateway: a.s.gatewayIP.String(),
 		State: StateAllocated, ID: id}
 	a.reg.regs[k] = g
 	if err := a.reg.save(); err != nil {
