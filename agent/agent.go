@@ -200,6 +200,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if cfg.MetricsAddr != "off" {
+		msrv, err := a.serveMetrics(cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		cleanup = append(cleanup, msrv.Close)
+	}
 	cleanup = append(cleanup, func() error {
 		sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
@@ -482,6 +489,18 @@ func checkMTU(l netlink.Link, frameSize int) error {
 	if need := l.Attrs().MTU + 14 + 4; need > room {
 		return fmt.Errorf("%s has MTU %d: its tagged frames (%d bytes) do not fit a %d-byte UMEM frame (%d after headroom); set umem.frameSize: 4096 or lower the MTU",
 			l.Attrs().Name, l.Attrs().MTU, need, frameSize, room)
+	}
+	return nil
+}
+
+// trunkAttached checks that the trunk still runs the agent's XDP program.
+func (a *Agent) trunkAttached() error {
+	l, err := netlink.LinkByName(a.s.cfg.Trunk)
+	if err != nil {
+		return fmt.Errorf("trunk %s: %w", a.s.cfg.Trunk, err)
+	}
+	if x := l.Attrs().Xdp; x == nil || !x.Attached || !a.progs.IsTrunkProgram(x.ProgId) {
+		return fmt.Errorf("trunk %s does not run trunkline's XDP program", a.s.cfg.Trunk)
 	}
 	return nil
 }

@@ -203,13 +203,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc("GET /"+APIVersion+"/services", a.handleServices)
 	mux.HandleFunc("PUT /"+APIVersion+"/services", a.handleServices)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !a.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	})
+	mux.HandleFunc("GET /readyz", a.handleReadyz)
 	return mux
 }
 
@@ -218,4 +212,18 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// handleReadyz answers 200 while the agent forwards: set up, sockets bound,
+// tables loaded, and its program still attached to the trunk.
+func (a *Agent) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	if !a.ready.Load() {
+		http.Error(w, "not ready: setting up", http.StatusServiceUnavailable)
+		return
+	}
+	if err := a.trunkAttached(); err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
 }

@@ -41,6 +41,9 @@ type Config struct {
 	XDPMode string `yaml:"xdpMode"`
 	// APISocket is the local API's unix socket.
 	APISocket string `yaml:"apiSocket"`
+	// MetricsAddr serves /metrics, /healthz and /readyz over HTTP
+	// (default 127.0.0.1:9797, loopback only; "off" for none).
+	MetricsAddr string `yaml:"metricsAddr"`
 	// WorkerCPUs pins worker i to WorkerCPUs[i % len]; empty: not pinned.
 	WorkerCPUs []int `yaml:"workerCPUs"`
 	// WorkerPolicy is the workers' scheduling: "fifo" (default: SCHED_FIFO
@@ -194,6 +197,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.APISocket == "" {
 		c.APISocket = DefaultAPISocket
+	}
+	if c.MetricsAddr == "" {
+		c.MetricsAddr = DefaultMetricsAddr
 	}
 	if c.WorkerPolicy == "" {
 		c.WorkerPolicy = "fifo"

@@ -319,3 +319,14 @@ func (p *Programs) SetServices(vips [][4]byte, nodePorts []ServicePort, lo, hi u
 	}
 	return nil
 }
+
+// IsTrunkProgram reports whether the program with this kernel ID is this
+// process's trunk program.
+func (p *Programs) IsTrunkProgram(id uint32) bool {
+	info, err := p.objs.TlTrunk.Info()
+	if err != nil {
+		return false
+	}
+	own, ok := info.ID()
+	return ok && uint32(own) == id
+}

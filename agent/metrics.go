@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultMetricsAddr is where the agent serves /metrics, /healthz and
+// /readyz unless configured otherwise: loopback only.
+const DefaultMetricsAddr = "127.0.0.1:9797"
+
+// collector exports the agent's counters to Prometheus. The workers keep
+// plain counters of their own; it reads them at scrape time (Agent.Stats),
+// so the hot path never touches client_golang.
+type collector struct{ a *Agent }
+
+var (
+	descRxPackets   = prometheus.NewDesc("trunkline_rx_packets_total", "Frames the agent received from an interface.", []string{"interface", "queue"}, nil)
+	descRxBytes     = prometheus.NewDesc("trunkline_rx_bytes_total", "Bytes the agent received from an interface.", []string{"interface", "queue"}, nil)
+	descTxPackets   = prometheus.NewDesc("trunkline_tx_packets_total", "Frames the agent sent on an interface.", []string{"interface", "queue"}, nil)
+	descTxBytes     = prometheus.NewDesc("trunkline_tx_bytes_total", "Bytes the agent sent on an interface.", []string{"interface", "queue"}, nil)
+	descKernelDrops = prometheus.NewDesc("trunkline_kernel_drops_total", "Frames the kernel could not hand to an AF_XDP socket or take from it, by kind.", []string{"interface", "kind"}, nil)
+	descDrops       = prometheus.NewDesc("trunkline_drops_total", "Frames the dataplane dropped, by reason.", []string{"reason"}, nil)
+	descRejects     = prometheus.NewDesc("trunkline_service_rejects_total", "Packets to a Service without a usable backend, answered with a TCP RST or an ICMP port unreachable.", nil, nil)
+	descRemaps      = prometheus.NewDesc("trunkline_nat_port_remaps_total", "New flows whose client port was translated because their reply tuple was another live flow's.", nil, nil)
+	descCTEntries   = prometheus.NewDesc("trunkline_conntrack_entries", "Connections in the table.", nil, nil)
+	descCTMax       = prometheus.NewDesc("trunkline_conntrack_max_entries", "The bound on connections.", nil, nil)
+	descCTInserts   = prometheus.NewDesc("trunkline_conntrack_inserts_total", "Connections created.", nil, nil)
+	descCTFull      = prometheus.NewDesc("trunkline_conntrack_full_drops_total", "New flows dropped because the table was full.", nil, nil)
+	descCTEarly     = prometheus.NewDesc("trunkline_conntrack_early_drops_total", "Embryonic connections evicted to make room.", nil, nil)
+	descCTExpired   = prometheus.NewDesc("trunkline_conntrack_expirations_total", "Connections expired.", nil, nil)
+	descUMEM        = prometheus.NewDesc("trunkline_umem_frames", "UMEM frames by owner: free, fill (posted for receive), tx (in flight), held (by the worker; must be 0).", []string{"queue", "state"}, nil)
+	descBatches     = prometheus.NewDesc("trunkline_worker_batches_total", "Receive batches a worker processed.", []string{"queue"}, nil)
+	descFrames      = prometheus.NewDesc("trunkline_worker_frames_total", "Frames in those batches.", []string{"queue"}, nil)
+	descPolls       = prometheus.NewDesc("trunkline_worker_polls_total", "Times a worker blocked waiting for frames.", []string{"queue"}, nil)
+	descPods        = prometheus.NewDesc("trunkline_pods", "Pods the agent forwards for.", nil, nil)
+	descServices    = prometheus.NewDesc("trunkline_services", "Service ports the agent serves.", nil, nil)
+	descReady       = prometheus.NewDesc("trunkline_ready", "1 when the agent forwards.", nil, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
+		descRejects, descRemaps, descCTEntries, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
+		descBatches, descFrames, descPolls, descPods, descServices, descReady} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	ports := func(name, queue string, k Counters, kd KernelDrops) {
+		counter(descRxPackets, k.RxPackets, name, queue)
+		counter(descRxBytes, k.RxBytes, name, queue)
+		counter(descTxPackets, k.TxPackets, name, queue)
+		counter(descTxBytes, k.TxBytes, name, queue)
+		counter(descKernelDrops, kd.RxRingFull, name, "rx_ring_full")
+		counter(descKernelDrops, kd.FillRingEmpty, name, "fill_ring_empty")
+		counter(descKernelDrops, kd.RxDropped, name, "rx_dropped")
+		counter(descKernelDrops, kd.TxInvalid, name, "tx_invalid")
+	}
+	st := c.a.Stats()
+	for _, i := range st.Interfaces {
+		ports(i.Name, strconv.Itoa(i.Queue), i.Counters, i.Kernel)
+	}
+	for _, p := range st.Pods {
+		ports(p.HostVeth, "all", p.Counters, p.Kernel) // summed over the workers' queues
+	}
+	for r, n := range st.Drops {
+		counter(descDrops, n, r)
+	}
+	counter(descRejects, st.Rejects)
+	counter(descRemaps, st.PortRemaps)
+	gauge(descCTEntries, float64(st.Conntrack.Entries))
+	gauge(descCTMax, float64(st.Conntrack.MaxEntries))
+	counter(descCTInserts, st.Conntrack.Inserts)
+	counter(descCTFull, st.Conntrack.InsertFull)
+	counter(descCTEarly, st.Conntrack.EarlyDrops)
+	counter(descCTExpired, st.Conntrack.Expirations)
+	for _, u := range st.UMEM {
+		q := strconv.Itoa(u.Queue)
+		gauge(descUMEM, float64(u.Free), q, "free")
+		gauge(descUMEM, float64(u.Fill), q, "fill")
+		gauge(descUMEM, float64(u.TX), q, "tx")
+		gauge(descUMEM, float64(u.Held), q, "held")
+	}
+	for _, w := range st.Workers {
+		q := strconv.Itoa(w.Queue)
+		counter(descBatches, w.Batches, q)
+		counter(descFrames, w.Frames, q)
+		counter(descPolls, w.Polls, q)
+	}
+	s := c.a.Status()
+	gauge(descPods, float64(len(st.Pods)))
+	gauge(descServices, float64(s.Services))
+	ready := 0.0
+	if s.Ready {
+		ready = 1
+	}
+	gauge(descReady, ready)
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on addr.
+func (a *Agent) serveMetrics(addr string) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{a})
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", a.handleReadyz)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("metrics server", "err", err)
+		}
+	}()
+	return srv, nil
+}

@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/trunkline/trunkline/agent"
+)
+
+// scrape fetches the agent's /metrics from inside the node namespace.
+func scrape(t *testing.T, netns string) (raw string, families map[string]*dto.MetricFamily) {
+	t.Helper()
+	c := dial(t, netns, "tcp", netip.MustParseAddrPort(agent.DefaultMetricsAddr))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err = p.TextToMetricFamilies(strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatalf("parse the scrape: %v\n%s", err, b)
+	}
+	return string(b), families
+}
+
+// value is the value of the metric in fam whose labels include want.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+next:
+	for _, m := range f.Metric {
+		for k, v := range want {
+			found := false
+			for _, l := range m.Label {
+				if l.GetName() == k && l.GetValue() == v {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		}
+	}
+	return -1
+}
+
+// TestMetrics: after a burst of N frames to a pod, the scraped counters
+// equal N exactly; bad frames show under their drop reason; the scrape
+// passes promtool's checks.
+func TestMetrics(t *testing.T) {
+	e := newEnv(t, fmt.Sprintf("tlmet%d", os.Getpid()%10000), 1)
+	b := e.b
+	e.startAgent()
+	pod := b.Pods[0]
+	c := dial(t, b.Wire.Netns, "udp", netip.AddrPortFrom(pod.IP, 9000))
+	if err := udpRoundTrip(c, []byte("warm-up"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, before := scrape(t, b.Node.Netns)
+	const n = 100
+	for i := range n {
+		if err := udpRoundTrip(c, []byte(fmt.Sprint("m", i)), 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fromWire := injector(t, b.Wire.Netns, b.Wire.Ifname)
+	bad := frame(t, b.Wire.MAC, pod.MAC, [][2]uint16{{0x8100, 999}}, b.Wire.IP, pod.IP)
+	for range 7 {
+		fromWire(bad)
+	}
+	time.Sleep(100 * time.Millisecond)
+	raw, after := scrape(t, b.Node.Netns)
+	pl := map[string]string{"interface": pod.HostVeth}
+	for _, name := range []string{"trunkline_tx_packets_total", "trunkline_rx_packets_total"} {
+		if d := value(after, name, pl) - value(before, name, pl); d != n {
+			t.Errorf("%s{interface=%q} went up by %v, want %d", name, pod.HostVeth, d, n)
+		}
+	}
+	dl := map[string]string{"reason": "unknown_vid"}
+	if d := value(after, "trunkline_drops_total", dl) - value(before, "trunkline_drops_total", dl); d != 7 {
+		t.Errorf("trunkline_drops_total{reason=unknown_vid} went up by %v, want 7", d)
+	}
+	if v := value(after, "trunkline_umem_frames", map[string]string{"state": "held"}); v != 0 {
+		t.Errorf("held UMEM frames = %v, want 0", v)
+	}
+	if v := value(after, "trunkline_ready", nil); v != 1 {
+		t.Errorf("trunkline_ready = %v", v)
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no promtool: apt-get install prometheus")
+		}
+		t.Skip("no promtool: apt-get install prometheus")
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(raw)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
