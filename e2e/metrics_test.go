@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/trunkline/trunkline/agent"
+	"github.com/trunkline/trunkline/bench/bed"
 )
 
 // scrape fetches the agent's /metrics from inside the node namespace.
@@ -123,4 +124,63 @@ func TestMetrics(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
+}
+
+// TestPrometheusScrapesTheAgent runs a real Prometheus server next to the
+// agent (the node's network) and asks it for trunkline_rx_packets_total.
+func TestPrometheusScrapesTheAgent(t *testing.T) {
+	prom, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no prometheus: apt-get install prometheus")
+		}
+		t.Skip("no prometheus: apt-get install prometheus")
+	}
+	e := newEnv(t, fmt.Sprintf("tlprm%d", os.Getpid()%10000), 1)
+	b := e.b
+	e.startAgent()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: trunkline\n    static_configs: [{targets: [%q]}]\n", agent.DefaultMetricsAddr)
+	os.WriteFile(dir+"/prometheus.yml", []byte(cfg), 0o644)
+	const promAddr = "127.0.0.1:19090"
+	srv := b.Command(t.Context(), b.Node.Netns, prom, "--config.file="+dir+"/prometheus.yml",
+		"--storage.tsdb.path="+dir+"/data", "--web.listen-address="+promAddr)
+	var log strings.Builder
+	srv.Stdout, srv.Stderr = &log, &log
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	// Some traffic for the counters.
+	c := dial(t, b.Wire.Netns, "udp", netip.AddrPortFrom(b.Pods[0].IP, 9000))
+	if err := udpRoundTrip(c, []byte("hi"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	query := func() (string, error) {
+		conn := dial(t, b.Node.Netns, "tcp", netip.MustParseAddrPort(promAddr))
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		fmt.Fprintf(conn, "GET /api/v1/query?query=trunkline_rx_packets_total HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return string(body), err
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		if err := bed.WaitListening(t.Context(), b.Node.Netns, 19090); err == nil {
+			if body, err := query(); err == nil {
+				last = body
+				if strings.Contains(body, `"status":"success"`) && strings.Contains(body, `"__name__":"trunkline_rx_packets_total"`) {
+					return
+				}
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("Prometheus never answered for trunkline_rx_packets_total; last answer %s\nlog:\n%s", last, log.String())
 }
