@@ -200,6 +200,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc("GET /"+APIVersion+"/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.Stats()) })
 	mux.HandleFunc("GET /"+APIVersion+"/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.Status()) })
 	a.registrationRoutes(mux)
+	mux.HandleFunc("GET /"+APIVersion+"/conntrack", a.handleConntrack)
 	mux.HandleFunc("GET /"+APIVersion+"/services", a.handleServices)
 	mux.HandleFunc("PUT /"+APIVersion+"/services", a.handleServices)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })

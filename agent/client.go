@@ -71,6 +71,18 @@ func (c *Client) Services(ctx context.Context) ([]ServiceConfig, error) {
 	return body.Services, err
 }
 
+// Conntrack lists tracked flows; query is the URL query (vip=, pod=,
+// proto=, limit=).
+func (c *Client) Conntrack(ctx context.Context, query string) (ConntrackList, error) {
+	var l ConntrackList
+	path := "/" + APIVersion + "/conntrack"
+	if query != "" {
+		path += "?" + query
+	}
+	err := c.get(ctx, path, &l)
+	return l, err
+}
+
 // Stats fetches every counter.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	var s Stats

@@ -22,6 +22,9 @@ Usage:
                                   run the agent (in the node's network namespace)
   trunkline status [--socket PATH] [-o table|json]
   trunkline stats  [--socket PATH] [-o table|json]
+  trunkline pods   [--socket PATH] [-o table|json]
+  trunkline services [--socket PATH] [-o table|json]
+  trunkline conntrack [--vip IP] [--pod IP] [--proto tcp|udp] [--limit N] [-o table|json]
   trunkline bed up [--pods N] [--prefix P] [--json]
                                   build the test bed (namespaces, veths, the VPC emulator)
   trunkline bed down [--prefix P] remove a bed
@@ -59,6 +62,12 @@ func dispatch(ctx context.Context, args []string, out io.Writer) error {
 		return cmdStatus(ctx, rest, out)
 	case "stats":
 		return cmdStats(ctx, rest, out)
+	case "pods":
+		return cmdPods(ctx, rest, out)
+	case "services":
+		return cmdServices(ctx, rest, out)
+	case "conntrack":
+		return cmdConntrack(ctx, rest, out)
 	case "bed":
 		return cmdBed(ctx, rest, out)
 	case "demo":
