@@ -25,6 +25,7 @@ Usage:
   trunkline pods   [--socket PATH] [-o table|json]
   trunkline services [--socket PATH] [-o table|json]
   trunkline conntrack [--vip IP] [--pod IP] [--proto tcp|udp] [--limit N] [-o table|json]
+  trunkline top    [--socket PATH] [--interval 1s]   live packets/s, bits/s, drops per interface and pod
   trunkline bed up [--pods N] [--prefix P] [--json]
                                   build the test bed (namespaces, veths, the VPC emulator)
   trunkline bed down [--prefix P] remove a bed
@@ -68,6 +69,8 @@ func dispatch(ctx context.Context, args []string, out io.Writer) error {
 		return cmdServices(ctx, rest, out)
 	case "conntrack":
 		return cmdConntrack(ctx, rest, out)
+	case "top":
+		return cmdTop(ctx, rest, out)
 	case "bed":
 		return cmdBed(ctx, rest, out)
 	case "demo":
