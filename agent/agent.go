@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/trunkline/trunkline/dataplane"
 	"github.com/trunkline/trunkline/lb"
 	"github.com/trunkline/trunkline/lb/conntrack"
@@ -62,6 +63,8 @@ type Agent struct {
 	reg      registry
 	branches BranchProvider
 
+	cniRequests *prometheus.HistogramVec
+
 	ready     atomic.Bool
 	readyOnce sync.Once
 	readyCh   chan struct{} // closed once the agent first becomes ready
@@ -105,7 +108,8 @@ func New(cfg Config, o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Agent{log: o.Logger, s: s, readyCh: make(chan struct{}), branches: configBranches(s.branches)}, nil
+	return &Agent{log: o.Logger, s: s, readyCh: make(chan struct{}), branches: configBranches(s.branches),
+		cniRequests: newCNIRequests()}, nil
 }
 
 // Run sets the node up, forwards until ctx ends, then detaches everything.

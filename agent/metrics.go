@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trunkline/trunkline/dataplane"
 )
 
 // DefaultMetricsAddr is where the agent serves /metrics, /healthz and
@@ -43,12 +45,42 @@ var (
 	descPods        = prometheus.NewDesc("trunkline_pods", "Pods the agent forwards for.", nil, nil)
 	descServices    = prometheus.NewDesc("trunkline_services", "Service ports the agent serves.", nil, nil)
 	descReady       = prometheus.NewDesc("trunkline_ready", "1 when the agent forwards.", nil, nil)
+	descBatchSize   = prometheus.NewDesc("trunkline_worker_batch_frames", "Frames per receive batch.", []string{"queue"}, nil)
+	descBatchTime   = prometheus.NewDesc("trunkline_worker_batch_seconds", "Time to process a receive batch, from receive to transmit.", []string{"queue"}, nil)
 )
+
+// newCNIRequests makes the histogram that times the registration API's
+// requests (the CNI plugin's calls), by operation and status code.
+func newCNIRequests() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "trunkline_cni_request_duration_seconds",
+		Help:    "Registration API requests (the CNI plugin's calls) by operation and status code.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"op", "code"})
+}
+
+// statusRecorder remembers a handler's status code.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) { r.code = code; r.ResponseWriter.WriteHeader(code) }
+
+// timed wraps a registration handler so that a.cniRequests times it.
+func (a *Agent) timed(op string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h(rec, r)
+		a.cniRequests.WithLabelValues(op, strconv.Itoa(rec.code)).Observe(time.Since(start).Seconds())
+	}
+}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
 		descRejects, descRemaps, descCTEntries, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
-		descBatches, descFrames, descPolls, descPods, descServices, descReady} {
+		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime} {
 		ch <- d
 	}
 }
@@ -101,6 +133,25 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descFrames, w.Frames, q)
 		counter(descPolls, w.Polls, q)
 	}
+	for _, ws := range c.a.workers {
+		q := strconv.Itoa(ws.queue)
+		k := ws.w.Counters()
+		sizes, times := map[float64]uint64{}, map[float64]uint64{}
+		var n, cum uint64
+		for i, b := range dataplane.BatchSizeBuckets {
+			cum += k.BatchSizes[i].Load()
+			sizes[b] = cum
+		}
+		n = cum + k.BatchSizes[len(dataplane.BatchSizeBuckets)].Load()
+		ch <- prometheus.MustNewConstHistogram(descBatchSize, n, float64(k.Frames.Load()), sizes, q)
+		cum = 0
+		for i, b := range dataplane.BatchTimeBuckets {
+			cum += k.BatchTimes[i].Load()
+			times[b] = cum
+		}
+		n = cum + k.BatchTimes[len(dataplane.BatchTimeBuckets)].Load()
+		ch <- prometheus.MustNewConstHistogram(descBatchTime, n, float64(k.BatchNanos.Load())/1e9, times, q)
+	}
 	s := c.a.Status()
 	gauge(descPods, float64(len(st.Pods)))
 	gauge(descServices, float64(s.Services))
@@ -114,7 +165,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // serveMetrics serves /metrics, /healthz and /readyz on addr.
 func (a *Agent) serveMetrics(addr string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{a})
+	reg.MustRegister(collector{a}, a.cniRequests)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })

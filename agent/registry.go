@@ -368,25 +368,25 @@ var errNotFound = errors.New("not found")
 
 func (a *Agent) registrationRoutes(mux *http.ServeMux) {
 	p := "/" + APIVersion + "/attachments"
-	mux.HandleFunc("POST "+p, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+p, a.timed("allocate", func(w http.ResponseWriter, r *http.Request) {
 		var req struct{ ContainerID, Ifname, Netns, IP string }
 		if !decode(w, r, &req) {
 			return
 		}
 		g, err := a.AllocateAddress(req.ContainerID, req.Ifname, req.Netns, req.IP)
 		respond(w, g, err)
-	})
-	mux.HandleFunc("PUT "+p+"/{cid}/{ifname}", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("PUT "+p+"/{cid}/{ifname}", a.timed("attach", func(w http.ResponseWriter, r *http.Request) {
 		var req struct{ HostVeth string }
 		if !decode(w, r, &req) {
 			return
 		}
 		g, err := a.Attach(r.PathValue("cid"), r.PathValue("ifname"), req.HostVeth)
 		respond(w, g, err)
-	})
-	mux.HandleFunc("DELETE "+p+"/{cid}/{ifname}", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("DELETE "+p+"/{cid}/{ifname}", a.timed("release", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, struct{}{}, a.Release(r.PathValue("cid"), r.PathValue("ifname")))
-	})
+	}))
 	mux.HandleFunc("GET "+p+"/{cid}/{ifname}", func(w http.ResponseWriter, r *http.Request) {
 		for _, g := range a.Registrations() {
 			if g.ContainerID == r.PathValue("cid") && g.Ifname == r.PathValue("ifname") {
@@ -401,7 +401,7 @@ func (a *Agent) registrationRoutes(mux *http.ServeMux) {
 			Attachments []Registration `json:"attachments"`
 		}{a.Registrations()})
 	})
-	mux.HandleFunc("POST "+p+"/gc", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+p+"/gc", a.timed("gc", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Valid []struct{ ContainerID, Ifname string } `json:"valid"`
 		}
@@ -416,7 +416,7 @@ func (a *Agent) registrationRoutes(mux *http.ServeMux) {
 		respond(w, struct {
 			Released int `json:"released"`
 		}{n}, err)
-	})
+	}))
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {

@@ -48,6 +48,29 @@ type Counters struct {
 	// PortRemaps counts new flows whose client port was translated because
 	// their reply tuple was another live flow's.
 	PortRemaps atomic.Uint64
+	// BatchSizes counts receive batches by size: bucket i holds batches of
+	// at most BatchSizeBuckets[i] frames (and more than the bucket before).
+	BatchSizes [len(BatchSizeBuckets) + 1]atomic.Uint64
+	// BatchTimes counts receive batches by processing time (receive to
+	// transmit), bucketed by BatchTimeBuckets; BatchNanos is their sum.
+	BatchTimes [len(BatchTimeBuckets) + 1]atomic.Uint64
+	BatchNanos atomic.Uint64
+}
+
+// BatchSizeBuckets are the upper bounds of Counters.BatchSizes (frames).
+var BatchSizeBuckets = [...]float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+
+// BatchTimeBuckets are the upper bounds of Counters.BatchTimes (seconds).
+var BatchTimeBuckets = [...]float64{1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3}
+
+// bucket returns the index of the first bound v fits under, or len(bounds).
+func bucket(bounds []float64, v float64) int {
+	for i, b := range bounds {
+		if v <= b {
+			return i
+		}
+	}
+	return len(bounds)
 }
 
 // Config wires a worker.
@@ -433,8 +456,9 @@ func (w *Worker) receive(idx int) int {
 		return 0
 	}
 	w.touch(idx, in) // its fill ring wants refilling
+	start := time.Now()
 	if w.ct != nil {
-		w.now = conntrack.Time(time.Since(w.epoch))
+		w.now = conntrack.Time(start.Sub(w.epoch))
 	}
 	var bytes uint64
 	tbl := w.vlanTable.Load()
@@ -458,6 +482,10 @@ func (w *Worker) receive(idx int) int {
 	w.counters.Batches.Add(1)
 	w.counters.Frames.Add(uint64(n))
 	w.transmit()
+	took := time.Since(start)
+	w.counters.BatchSizes[bucket(BatchSizeBuckets[:], float64(n))].Add(1)
+	w.counters.BatchTimes[bucket(BatchTimeBuckets[:], took.Seconds())].Add(1)
+	w.counters.BatchNanos.Add(uint64(took))
 	return n
 }
 

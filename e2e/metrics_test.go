@@ -109,6 +109,13 @@ func TestMetrics(t *testing.T) {
 	if v := value(after, "trunkline_umem_frames", map[string]string{"state": "held"}); v != 0 {
 		t.Errorf("held UMEM frames = %v, want 0", v)
 	}
+	if f := after["trunkline_worker_batch_frames"]; f == nil || len(f.Metric) == 0 || f.Metric[0].GetHistogram().GetSampleCount() == 0 ||
+		f.Metric[0].GetHistogram().GetSampleSum() < n {
+		t.Errorf("trunkline_worker_batch_frames: %v; want a histogram of the batches", f)
+	}
+	if f := after["trunkline_worker_batch_seconds"]; f == nil || len(f.Metric) == 0 || f.Metric[0].GetHistogram().GetSampleSum() <= 0 {
+		t.Errorf("trunkline_worker_batch_seconds: %v; want the batches' processing time", f)
+	}
 	if v := value(after, "trunkline_ready", nil); v != 1 {
 		t.Errorf("trunkline_ready = %v", v)
 	}
