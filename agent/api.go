@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/trunkline/trunkline/dataplane"
+	"github.com/trunkline/trunkline/lb/conntrack"
 	"github.com/trunkline/trunkline/xdp"
 )
 
@@ -93,12 +94,14 @@ type WorkerStats struct {
 
 // ConntrackStats are the connection table's counters.
 type ConntrackStats struct {
-	Entries     int    `json:"entries"`
-	MaxEntries  int    `json:"maxEntries"`
-	Inserts     uint64 `json:"inserts"`
-	InsertFull  uint64 `json:"insertFull"`
-	EarlyDrops  uint64 `json:"earlyDrops"`
-	Expirations uint64 `json:"expirations"`
+	// SNATPortsInUse are the flows holding one of the node's SNAT ports.
+	SNATPortsInUse int    `json:"snatPortsInUse"`
+	Entries        int    `json:"entries"`
+	MaxEntries     int    `json:"maxEntries"`
+	Inserts        uint64 `json:"inserts"`
+	InsertFull     uint64 `json:"insertFull"`
+	EarlyDrops     uint64 `json:"earlyDrops"`
+	Expirations    uint64 `json:"expirations"`
 }
 
 // Stats is the answer of GET /v1/stats.
@@ -138,7 +141,7 @@ func (a *Agent) Stats() Stats {
 	if a.ct != nil {
 		cs := a.ct.Stats()
 		st.Conntrack = ConntrackStats{Entries: cs.Entries, MaxEntries: cs.MaxEntries, Inserts: cs.Inserts,
-			InsertFull: cs.InsertFull, EarlyDrops: cs.EarlyDrops, Expirations: cs.Expirations}
+			InsertFull: cs.InsertFull, EarlyDrops: cs.EarlyDrops, Expirations: cs.Expirations, SNATPortsInUse: a.snatPortsInUse()}
 	}
 	for r := dataplane.DropReason(0); r < dataplane.NumDropReasons; r++ {
 		st.Drops[r.String()] = 0
@@ -227,4 +230,18 @@ func (a *Agent) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte("ok\n"))
+}
+
+// snatPortsInUse counts the live flows whose reply comes to one of the
+// node's SNAT ports (a walk of the table: for scrapes, not per packet).
+func (a *Agent) snatPortsInUse() int {
+	node, now := a.s.nodeIP.As4(), conntrack.Time(time.Since(a.epoch))
+	n := 0
+	a.ct.Range(func(c conntrack.Conn) bool {
+		if c.Expires > now && c.Reply.DstIP == node && c.Reply.DstPort >= a.s.snatLo && c.Reply.DstPort <= a.s.snatHi {
+			n++
+		}
+		return true
+	})
+	return n
 }

@@ -33,6 +33,7 @@ var (
 	descRejects     = prometheus.NewDesc("trunkline_service_rejects_total", "Packets to a Service without a usable backend, answered with a TCP RST or an ICMP port unreachable.", nil, nil)
 	descRemaps      = prometheus.NewDesc("trunkline_nat_port_remaps_total", "New flows whose client port was translated because their reply tuple was another live flow's.", nil, nil)
 	descCTEntries   = prometheus.NewDesc("trunkline_conntrack_entries", "Connections in the table.", nil, nil)
+	descSNATInUse   = prometheus.NewDesc("trunkline_snat_ports_in_use", "Live flows holding one of the node's SNAT ports.", nil, nil)
 	descCTMax       = prometheus.NewDesc("trunkline_conntrack_max_entries", "The bound on connections.", nil, nil)
 	descCTInserts   = prometheus.NewDesc("trunkline_conntrack_inserts_total", "Connections created.", nil, nil)
 	descCTFull      = prometheus.NewDesc("trunkline_conntrack_full_drops_total", "New flows dropped because the table was full.", nil, nil)
@@ -79,7 +80,7 @@ func (a *Agent) timed(op string, h http.HandlerFunc) http.HandlerFunc {
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
-		descRejects, descRemaps, descCTEntries, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
+		descRejects, descRemaps, descCTEntries, descSNATInUse, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
 		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime} {
 		ch <- d
 	}
@@ -115,6 +116,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRejects, st.Rejects)
 	counter(descRemaps, st.PortRemaps)
 	gauge(descCTEntries, float64(st.Conntrack.Entries))
+	gauge(descSNATInUse, float64(st.Conntrack.SNATPortsInUse))
 	gauge(descCTMax, float64(st.Conntrack.MaxEntries))
 	counter(descCTInserts, st.Conntrack.Inserts)
 	counter(descCTFull, st.Conntrack.InsertFull)

@@ -184,8 +184,12 @@ func TestMasquerade(t *testing.T) {
 		if len(first) != 100 {
 			t.Fatalf("%d of 150 flows arrived over a range of 100 ports", len(first))
 		}
-		if d := stats(t, a2).Drops["snat_exhausted"]; d != 50 {
+		st := stats(t, a2)
+		if d := st.Drops["snat_exhausted"]; d != 50 {
 			t.Errorf("snat_exhausted = %d, want 50", d)
+		}
+		if n := st.Conntrack.SNATPortsInUse; n != 100 {
+			t.Errorf("SNAT ports in use = %d, want all 100", n)
 		}
 		// The flows that got a port keep working.
 		for _, c := range conns {

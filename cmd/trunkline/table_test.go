@@ -1,0 +1,60 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/trunkline/trunkline/agent"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		os.WriteFile(path, got, 0o644)
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to write it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from its golden file:\n%s\nwant:\n%s", name, got, want)
+	}
+}
+
+func sampleStats(scale uint64) agent.Stats {
+	c := func(n uint64) agent.Counters {
+		return agent.Counters{RxPackets: n * scale, RxBytes: 64 * n * scale, TxPackets: 2 * n * scale, TxBytes: 128 * n * scale}
+	}
+	return agent.Stats{
+		Interfaces: []agent.InterfaceStats{{Name: "trunk", Queue: 0, Counters: c(1000)}},
+		Pods: []agent.PodStats{
+			{Name: "pod1", VLAN: 101, IP: "10.100.1.1", HostVeth: "hpod1", Counters: c(400), Kernel: agent.KernelDrops{FillRingEmpty: scale}},
+			{Name: "pod2", VLAN: 102, IP: "10.100.1.2", HostVeth: "hpod2", Counters: c(600)},
+		},
+		Drops:     map[string]uint64{"unknown_vid": 3 * scale, "qinq": 0, "malformed": scale},
+		Conntrack: agent.ConntrackStats{Entries: 12, MaxEntries: 1048576, Inserts: 40 * scale, SNATPortsInUse: 2},
+		Rejects:   scale,
+		UMEM:      []agent.UMEMStats{{Queue: 0, Total: 20480, Free: 17664, Fill: 2816}},
+	}
+}
+
+func TestStatsTableGolden(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeStatsTable(&b, sampleStats(1)); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "stats.txt", b.Bytes())
+}
+
+func TestTopGolden(t *testing.T) {
+	var b bytes.Buffer
+	renderTop(&b, sampleStats(1), sampleStats(3), 2*time.Second, time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	golden(t, "top.txt", b.Bytes())
+}
