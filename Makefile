@@ -14,7 +14,7 @@ build:
 
 # The programs the bed and the tests run; installed from Debian's packages
 # when missing (as root).
-TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3 etcd:etcd-server promtool:prometheus tmux:tmux
+TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3 etcd:etcd-server promtool:prometheus tmux:tmux bpftool:bpftool
 deps:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -92,5 +94,14 @@ func TestDamagedRegistryIsAClearError(t *testing.T) {
 	os.WriteFile(a.reg.path, []byte("{not json"), 0o600)
 	if err := a.reg.load(); err == nil {
 		t.Fatal("a damaged registry loaded")
+	}
+}
+
+func TestNotReadyUntilRunning(t *testing.T) {
+	a := newPoolAgent(t)
+	rec := httptest.NewRecorder()
+	a.handleReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before Run: %d, want 503", rec.Code)
 	}
 }

@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -190,4 +192,52 @@ func TestPrometheusScrapesTheAgent(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Fatalf("Prometheus never answered for trunkline_rx_packets_total; last answer %s\nlog:\n%s", last, log.String())
+}
+
+// TestReadyzFailsWhenTheTrunkProgramGoes: /readyz answers 200 while the
+// agent forwards, and 503 once its program is detached from the trunk.
+func TestReadyzFailsWhenTheTrunkProgramGoes(t *testing.T) {
+	bpftool, err := exec.LookPath("bpftool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no bpftool: apt-get install bpftool")
+		}
+		t.Skip("no bpftool: apt-get install bpftool")
+	}
+	e := newEnv(t, fmt.Sprintf("tlrdy%d", os.Getpid()%10000), 1)
+	b := e.b
+	a := e.startAgent()
+	if !a.Client.Ready(t.Context()) {
+		t.Fatal("not ready after start")
+	}
+	// The trunk's program, and the BPF link that holds it.
+	out, _ := exec.Command("ip", "-n", b.Node.Netns, "-d", "link", "show", b.Node.Trunk).Output()
+	m := regexp.MustCompile(`prog/xdp id (\d+)`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no XDP program on the trunk:\n%s", out)
+	}
+	var links []struct {
+		ID     int    `json:"id"`
+		Type   string `json:"type"`
+		ProgID int    `json:"prog_id"`
+	}
+	js, err := exec.Command(bpftool, "-j", "link", "show").Output()
+	if err != nil || json.Unmarshal(js, &links) != nil {
+		t.Fatalf("bpftool link show: %v\n%s", err, js)
+	}
+	id := -1
+	for _, l := range links {
+		if l.Type == "xdp" && fmt.Sprint(l.ProgID) == m[1] {
+			id = l.ID
+		}
+	}
+	if id < 0 {
+		t.Fatalf("no BPF link holds program %s: %s", m[1], js)
+	}
+	if out, err := exec.Command(bpftool, "link", "detach", "id", fmt.Sprint(id)).CombinedOutput(); err != nil {
+		t.Fatalf("bpftool link detach: %v\n%s", err, out)
+	}
+	if a.Client.Ready(t.Context()) {
+		t.Error("/readyz answered 200 with the trunk program detached")
+	}
 }
