@@ -56,8 +56,11 @@ type Agent struct {
 	mu   sync.Mutex // guards pods
 	pods []*podState
 
-	svcMu   sync.Mutex      // serialises Service updates; guards svcCfgs
-	svcCfgs []ServiceConfig // the Services now served
+	svcMu      sync.Mutex        // serialises Service updates; guards the fields below
+	svcCfgs    []ServiceConfig   // the Services now served
+	svcIDs     map[string]uint32 // stable Service IDs by name (counters, affinity)
+	freeSvcIDs []uint32          // IDs of removed Services, counters reset
+	nextSvcID  uint32            // the last ID handed out
 
 	regMu    sync.Mutex // serialises registrations; guards reg
 	reg      registry
@@ -144,6 +147,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return err
 	}
 	a.affinity = lb.NewAffinity()
+	a.svcMu.Lock()
+	a.assignServiceIDs(a.s.services)
+	a.svcMu.Unlock()
 	svcs, err := lb.Build(a.s.nodeIP, a.s.services, 0)
 	if err != nil {
 		return err

@@ -541,8 +541,13 @@ func (s *settings) serviceSpecs(cfgs []ServiceConfig) ([]lb.ServiceSpec, error) 
 	}
 	var specs []lb.ServiceSpec
 	var errs []error
+	names := map[string]int{}
 	for i, sc := range cfgs {
 		spec, perrs := sc.spec(fmt.Sprintf("services[%d]", i), podIPs, s.nodeIP)
+		if j, dup := names[sc.Name]; dup && sc.Name != "" {
+			perrs = append(perrs, fmt.Errorf("services[%d].name: %q is also services[%d]'s", i, sc.Name, j))
+		}
+		names[sc.Name] = i
 		errs = append(errs, perrs...)
 		if len(perrs) == 0 {
 			specs = append(specs, spec)

@@ -46,6 +46,8 @@ var (
 	descPods        = prometheus.NewDesc("trunkline_pods", "Pods the agent forwards for.", nil, nil)
 	descServices    = prometheus.NewDesc("trunkline_services", "Service ports the agent serves.", nil, nil)
 	descReady       = prometheus.NewDesc("trunkline_ready", "1 when the agent forwards.", nil, nil)
+	descSvcPackets  = prometheus.NewDesc("trunkline_service_packets_total", "Packets of a Service port's translated flows, both directions.", []string{"service"}, nil)
+	descSvcConns    = prometheus.NewDesc("trunkline_service_new_connections_total", "New flows to a Service port.", []string{"service"}, nil)
 	descBatchSize   = prometheus.NewDesc("trunkline_worker_batch_frames", "Frames per receive batch.", []string{"queue"}, nil)
 	descBatchTime   = prometheus.NewDesc("trunkline_worker_batch_seconds", "Time to process a receive batch, from receive to transmit.", []string{"queue"}, nil)
 )
@@ -81,7 +83,7 @@ func (a *Agent) timed(op string, h http.HandlerFunc) http.HandlerFunc {
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
 		descRejects, descRemaps, descCTEntries, descSNATInUse, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
-		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime} {
+		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime, descSvcPackets, descSvcConns} {
 		ch <- d
 	}
 }
@@ -153,6 +155,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		n = cum + k.BatchTimes[len(dataplane.BatchTimeBuckets)].Load()
 		ch <- prometheus.MustNewConstHistogram(descBatchTime, n, float64(k.BatchNanos.Load())/1e9, times, q)
+	}
+	if t := c.a.services.Load(); t != nil {
+		for _, svc := range t.Services() {
+			var pk, nc uint64
+			for _, ws := range c.a.workers {
+				p, n := ws.w.ServiceCounts(svc.ID)
+				pk, nc = pk+p, nc+n
+			}
+			counter(descSvcPackets, pk, svc.Name)
+			counter(descSvcConns, nc, svc.Name)
+		}
 	}
 	s := c.a.Status()
 	gauge(descPods, float64(len(st.Pods)))

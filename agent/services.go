@@ -41,12 +41,19 @@ func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
 	if err != nil {
 		return ServicesUpdate{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
+	freed := a.assignServiceIDs(specs)
 	t, err := lb.Build(a.s.nodeIP, specs, 0)
 	if err != nil {
 		return ServicesUpdate{}, err
 	}
 	old := a.services.Swap(t)
 	a.svcCfgs = slices.Clone(cfgs)
+	for _, id := range freed {
+		for _, ws := range a.workers {
+			ws.w.ResetService(id)
+		}
+		a.freeSvcIDs = append(a.freeSvcIDs, id)
+	}
 	if err := a.steerServices(t); err != nil {
 		return ServicesUpdate{}, err
 	}
@@ -93,4 +100,37 @@ func (a *Agent) handleServices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, res)
+}
+
+// assignServiceIDs gives each spec its Service's stable ID (by name; new
+// names take a free or a new ID) and returns the IDs of Services that are
+// gone, to be reset and freed once the new table is in place. The caller
+// holds svcMu.
+func (a *Agent) assignServiceIDs(specs []lb.ServiceSpec) (gone []uint32) {
+	if a.svcIDs == nil {
+		a.svcIDs = map[string]uint32{}
+	}
+	keep := make(map[string]bool, len(specs))
+	for i := range specs {
+		name := specs[i].Name
+		keep[name] = true
+		id, ok := a.svcIDs[name]
+		if !ok {
+			if n := len(a.freeSvcIDs); n > 0 {
+				id, a.freeSvcIDs = a.freeSvcIDs[n-1], a.freeSvcIDs[:n-1]
+			} else {
+				a.nextSvcID++
+				id = a.nextSvcID
+			}
+			a.svcIDs[name] = id
+		}
+		specs[i].ID = id
+	}
+	for name, id := range a.svcIDs {
+		if !keep[name] {
+			delete(a.svcIDs, name)
+			gone = append(gone, id)
+		}
+	}
+	return gone
 }

@@ -109,6 +109,12 @@ func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) bool {
 			return true
 		}
 		dir = conntrack.DirOriginal
+		if c.ServiceID != 0 {
+			w.serviceCounters(c.ServiceID).NewConns.Add(1)
+		}
+	}
+	if c.ServiceID != 0 {
+		w.serviceCounters(c.ServiceID).Packets.Add(1)
 	}
 	// The packet leaves as the inverse of the other direction's tuple.
 	out := c.Reply

@@ -154,7 +154,8 @@ type Worker struct {
 	drops   [NumDropReasons]uint64 // this batch
 	pkt     packet.Parsed
 
-	counters Counters
+	counters    Counters
+	svcCounters atomic.Pointer[[]ServiceCounters] // by Service ID; grown by the worker
 
 	mu      sync.Mutex // guards running and serialises control calls
 	running bool
@@ -252,6 +253,7 @@ func New(c Config) (*Worker, error) {
 		}
 		w.nonMasq = append(w.nonMasq, prefix4{addr: binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()), mask: mask})
 	}
+	w.svcCounters.Store(new([]ServiceCounters))
 	w.ports[trunkIndex] = w.newOut(c.Trunk, c.TrunkCounters)
 	return w, nil
 }

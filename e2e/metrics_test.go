@@ -84,7 +84,20 @@ func TestMetrics(t *testing.T) {
 	if err := udpRoundTrip(c, []byte("warm-up"), 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	web := b.Service("default/web")
+	_, start := scrape(t, b.Node.Netns)
+	for range 4 {
+		httpGet(t, b.Wire.Netns, netip.AddrPortFrom(web.VIP, web.Port))
+	}
+	time.Sleep(200 * time.Millisecond) // the connections' last ACKs
 	_, before := scrape(t, b.Node.Netns)
+	sl := map[string]string{"service": "default/web"}
+	if d := value(before, "trunkline_service_new_connections_total", sl) - value(start, "trunkline_service_new_connections_total", sl); d != 4 {
+		t.Errorf("trunkline_service_new_connections_total{service=default/web} went up by %v, want 4", d)
+	}
+	if d := value(before, "trunkline_service_packets_total", sl) - value(start, "trunkline_service_packets_total", sl); d < 4*6 {
+		t.Errorf("trunkline_service_packets_total{service=default/web} went up by %v, want at least 24 (4 HTTP exchanges)", d)
+	}
 	const n = 100
 	for i := range n {
 		if err := udpRoundTrip(c, []byte(fmt.Sprint("m", i)), 2*time.Second); err != nil {

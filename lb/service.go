@@ -78,6 +78,9 @@ func (b Backend) key() string {
 // ServiceSpec is one Service port as a source (the config file, the
 // Kubernetes watch) describes it.
 type ServiceSpec struct {
+	// ID identifies the Service port in counters and affinity; the caller
+	// keeps it stable across rebuilds. 0 means "its index in the specs + 1".
+	ID uint32
 	// Name is namespace/name:port for people and metrics.
 	Name     string
 	Proto    uint8
@@ -240,8 +243,7 @@ var ErrInvalidService = errors.New("invalid service")
 // Build builds a table for a node whose address is nodeIP (NodePort
 // frontends are nodeIP:nodePort), with Maglev tables of at least tableSize
 // entries (maglev.DefaultSize if 0; more for Services with many backends,
-// see maglev.SizeFor). Service IDs are indices into specs, stable
-// as long as the specs' order is. It reports every invalid spec together.
+// see maglev.SizeFor). It reports every invalid spec together.
 func Build(nodeIP netip.Addr, specs []ServiceSpec, tableSize int) (*Table, error) {
 	if tableSize == 0 {
 		tableSize = maglev.DefaultSize
@@ -250,7 +252,11 @@ func Build(nodeIP netip.Addr, specs []ServiceSpec, tableSize int) (*Table, error
 		endpoints: map[Frontend]struct{}{}, remoteIPs: map[[4]byte]struct{}{}}
 	var errs []error
 	for i, sp := range specs {
-		svc, err := buildService(uint32(i), sp, tableSize)
+		id := sp.ID
+		if id == 0 {
+			id = uint32(i) + 1
+		}
+		svc, err := buildService(id, sp, tableSize)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service %q: %w", sp.Name, err))
 			continue
