@@ -49,6 +49,11 @@ func TestCLI(t *testing.T) {
 	if len(ct.Flows) != 4 || ct.Flows[0].Service != netip.AddrPortFrom(web.VIP, web.Port).String() || ct.Flows[0].Proto != "tcp" || ct.ByState["TIME_WAIT"]+ct.ByState["CLOSE"]+ct.ByState["FIN_WAIT"]+ct.ByState["CLOSE_WAIT"]+ct.ByState["LAST_ACK"] != 4 {
 		t.Errorf("conntrack --vip %s: %+v, want the 4 finished connections", web.VIP, ct)
 	}
+	var stats agent.Stats
+	if err := json.Unmarshal([]byte(cli("stats", "-o", "json")), &stats); err != nil || len(stats.Pods) != 2 || len(stats.Interfaces) != 1 ||
+		stats.Conntrack.Inserts < 4 || len(stats.UMEM) != 1 || stats.UMEM[0].Held != 0 {
+		t.Errorf("stats: %+v, %v", stats, err)
+	}
 	var none agent.ConntrackList
 	json.Unmarshal([]byte(cli("conntrack", "--proto", "udp", "-o", "json")), &none)
 	if len(none.Flows) != 0 {

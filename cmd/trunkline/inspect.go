@@ -40,6 +40,10 @@ func cmdConntrack(ctx context.Context, args []string, out io.Writer) error {
 	if *output == "json" {
 		return printJSON(out, l)
 	}
+	return writeConntrackTable(out, l, *limit)
+}
+
+func writeConntrackTable(out io.Writer, l agent.ConntrackList, limit int) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROTO\tCLIENT\tSERVICE\tBACKEND\tSNAT\tSTATE\tEXPIRES")
 	for _, f := range l.Flows {
@@ -61,7 +65,7 @@ func cmdConntrack(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "by state: %s", strings.Join(parts, ", "))
 	if l.Truncated {
-		fmt.Fprintf(out, " (list cut at %d)", *limit)
+		fmt.Fprintf(out, " (list cut at %d)", limit)
 	}
 	fmt.Fprintln(out)
 	return nil
@@ -79,6 +83,10 @@ func cmdServices(ctx context.Context, args []string, out io.Writer) error {
 	if output == "json" {
 		return printJSON(out, svcs)
 	}
+	return writeServicesTable(out, svcs)
+}
+
+func writeServicesTable(out io.Writer, svcs []agent.ServiceConfig) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tFRONTENDS\tBACKENDS")
 	for _, s := range svcs {
@@ -120,9 +128,13 @@ func cmdPods(ctx context.Context, args []string, out io.Writer) error {
 	if output == "json" {
 		return printJSON(out, st.Pods)
 	}
+	return writePodsTable(out, st.Pods)
+}
+
+func writePodsTable(out io.Writer, pods []agent.PodStats) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "POD\tVLAN\tIP\tHOST VETH\tTO POD PKTS\tFROM POD PKTS\tKERNEL DROPS")
-	for _, p := range st.Pods {
+	for _, p := range pods {
 		kd := p.Kernel.RxDropped + p.Kernel.RxRingFull + p.Kernel.FillRingEmpty + p.Kernel.TxInvalid
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\n", p.Name, p.VLAN, p.IP, p.HostVeth, p.TxPackets, p.RxPackets, kd)
 	}

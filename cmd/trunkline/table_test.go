@@ -58,3 +58,29 @@ func TestTopGolden(t *testing.T) {
 	renderTop(&b, sampleStats(1), sampleStats(3), 2*time.Second, time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
 	golden(t, "top.txt", b.Bytes())
 }
+
+func TestStatusPodsServicesConntrackTablesGolden(t *testing.T) {
+	var b bytes.Buffer
+	writeStatusTable(&b, agent.Status{Version: "v1.2.3", Trunk: "eth1", NodeIP: "10.100.0.2", XDPMode: "native", Queues: 1,
+		Pods: 2, Services: 5, Frontends: 7, Ready: true, UptimeSec: 3600})
+	golden(t, "status.txt", b.Bytes())
+	b.Reset()
+	writePodsTable(&b, sampleStats(1).Pods)
+	golden(t, "pods.txt", b.Bytes())
+	b.Reset()
+	writeServicesTable(&b, []agent.ServiceConfig{
+		{Name: "default/web", Protocol: "TCP", ClusterIP: "10.96.0.10", Port: 80, TargetPort: 8080, NodePort: 30080,
+			Backends: []string{"pod1", "10.100.9.9"}, TerminatingBackends: []string{"pod2"}},
+		{Name: "default/dns", Protocol: "UDP", ClusterIP: "10.96.0.53", Port: 53, TargetPort: 53},
+	})
+	golden(t, "services.txt", b.Bytes())
+	b.Reset()
+	writeConntrackTable(&b, agent.ConntrackList{
+		Flows: []agent.Flow{
+			{Proto: "tcp", Client: "10.100.0.1:40000", Service: "10.96.0.10:80", Backend: "10.100.1.1:8080", State: "ESTABLISHED", Replied: true, Assured: true, ExpiresIn: 431999},
+			{Proto: "udp", Client: "10.100.1.2:5353", Service: "10.96.0.53:53", Backend: "10.100.1.1:53", SNAT: "10.100.0.2:61001", ExpiresIn: 29},
+		},
+		ByState: map[string]int{"ESTABLISHED": 1, "UDP": 1},
+	}, 1000)
+	golden(t, "conntrack.txt", b.Bytes())
+}
