@@ -21,6 +21,8 @@ type Counters struct {
 	RxBytes   uint64 `json:"rxBytes"`
 	TxPackets uint64 `json:"txPackets"`
 	TxBytes   uint64 `json:"txBytes"`
+	// Drops are frames received here that the dataplane dropped.
+	Drops uint64 `json:"drops"`
 }
 
 func (c *Counters) add(p *dataplane.PortCounters) {
@@ -28,6 +30,7 @@ func (c *Counters) add(p *dataplane.PortCounters) {
 	c.RxBytes += p.RxBytes.Load()
 	c.TxPackets += p.TxPackets.Load()
 	c.TxBytes += p.TxBytes.Load()
+	c.Drops += p.Drops.Load()
 }
 
 // KernelDrops are the kernel's counters of frames it could not hand to an

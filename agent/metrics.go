@@ -28,6 +28,7 @@ var (
 	descRxBytes     = prometheus.NewDesc("trunkline_rx_bytes_total", "Bytes the agent received from an interface.", []string{"interface", "queue"}, nil)
 	descTxPackets   = prometheus.NewDesc("trunkline_tx_packets_total", "Frames the agent sent on an interface.", []string{"interface", "queue"}, nil)
 	descTxBytes     = prometheus.NewDesc("trunkline_tx_bytes_total", "Bytes the agent sent on an interface.", []string{"interface", "queue"}, nil)
+	descPortDrops   = prometheus.NewDesc("trunkline_interface_drops_total", "Frames received on an interface that the dataplane dropped (trunkline_drops_total has the reasons).", []string{"interface", "queue"}, nil)
 	descKernelDrops = prometheus.NewDesc("trunkline_kernel_drops_total", "Frames the kernel could not hand to an AF_XDP socket or take from it, by kind.", []string{"interface", "kind"}, nil)
 	descDrops       = prometheus.NewDesc("trunkline_drops_total", "Frames the dataplane dropped, by reason.", []string{"reason"}, nil)
 	descRejects     = prometheus.NewDesc("trunkline_service_rejects_total", "Packets to a Service without a usable backend, answered with a TCP RST or an ICMP port unreachable.", nil, nil)
@@ -81,7 +82,7 @@ func (a *Agent) timed(op string, h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
+	for _, d := range []*prometheus.Desc{descPortDrops, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
 		descRejects, descRemaps, descCTEntries, descSNATInUse, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
 		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime, descSvcPackets, descSvcConns} {
 		ch <- d
@@ -100,6 +101,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRxBytes, k.RxBytes, name, queue)
 		counter(descTxPackets, k.TxPackets, name, queue)
 		counter(descTxBytes, k.TxBytes, name, queue)
+		counter(descPortDrops, k.Drops, name, queue)
 		counter(descKernelDrops, kd.RxRingFull, name, "rx_ring_full")
 		counter(descKernelDrops, kd.FillRingEmpty, name, "fill_ring_empty")
 		counter(descKernelDrops, kd.RxDropped, name, "rx_dropped")

@@ -31,6 +31,9 @@ const trunkIndex = 0
 // batch; anyone may read them.
 type PortCounters struct {
 	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
+	// Drops counts the frames received on the port that the dataplane
+	// dropped (every reason; Counters.Drops has them by reason).
+	Drops atomic.Uint64
 }
 
 // Counters are a worker's own counters. The worker adds once per batch.
@@ -481,6 +484,9 @@ func (w *Worker) receive(idx int) int {
 	}
 	in.c.RxPackets.Add(uint64(n))
 	in.c.RxBytes.Add(bytes)
+	if d := len(w.drop); d > 0 { // dropped while processing this port's frames
+		in.c.Drops.Add(uint64(d))
+	}
 	w.counters.Batches.Add(1)
 	w.counters.Frames.Add(uint64(n))
 	w.transmit()

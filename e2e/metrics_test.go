@@ -121,6 +121,10 @@ func TestMetrics(t *testing.T) {
 	if d := value(after, "trunkline_drops_total", dl) - value(before, "trunkline_drops_total", dl); d != 7 {
 		t.Errorf("trunkline_drops_total{reason=unknown_vid} went up by %v, want 7", d)
 	}
+	tl := map[string]string{"interface": b.Node.Trunk, "queue": "0"}
+	if d := value(after, "trunkline_interface_drops_total", tl) - value(before, "trunkline_interface_drops_total", tl); d != 7 {
+		t.Errorf("trunkline_interface_drops_total{interface=%q} went up by %v, want 7", b.Node.Trunk, d)
+	}
 	if v := value(after, "trunkline_umem_frames", map[string]string{"state": "held"}); v != 0 {
 		t.Errorf("held UMEM frames = %v, want 0", v)
 	}

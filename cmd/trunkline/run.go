@@ -18,6 +18,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "watch Services and EndpointSlices of the cluster this kubeconfig names")
 	inCluster := fs.Bool("kube-in-cluster", false, "watch Services and EndpointSlices with the pod's service account (in a DaemonSet)")
 	nodeName := fs.String("node-name", "", "this node's name in the cluster (for logs)")
+	metricsAddr := fs.String("metrics-addr", "", "serve /metrics, /healthz and /readyz here (overrides metricsAddr; default "+agent.DefaultMetricsAddr+"; off: none)")
 	logger := logFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -32,6 +33,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	cfg, err := agent.LoadConfig(*config)
 	if err != nil {
 		return err
+	}
+	if *metricsAddr != "" {
+		cfg.MetricsAddr = *metricsAddr
 	}
 	o := agent.Options{Logger: log, XDPMode: *mode}
 	if o.WorkerCPUs, err = parseCPUs(*cpus); err != nil {

@@ -30,7 +30,7 @@ func golden(t *testing.T, name string, got []byte) {
 
 func sampleStats(scale uint64) agent.Stats {
 	c := func(n uint64) agent.Counters {
-		return agent.Counters{RxPackets: n * scale, RxBytes: 64 * n * scale, TxPackets: 2 * n * scale, TxBytes: 128 * n * scale}
+		return agent.Counters{RxPackets: n * scale, RxBytes: 64 * n * scale, TxPackets: 2 * n * scale, TxBytes: 128 * n * scale, Drops: n / 100 * scale}
 	}
 	return agent.Stats{
 		Interfaces: []agent.InterfaceStats{{Name: "trunk", Queue: 0, Counters: c(1000)}},

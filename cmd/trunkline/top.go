@@ -53,13 +53,13 @@ func renderTop(out io.Writer, prev, cur agent.Stats, dt time.Duration, now time.
 	fmt.Fprint(out, "\x1b[H\x1b[2J") // home, clear
 	fmt.Fprintf(out, "trunkline top — %s — every %.1fs — Ctrl-C to quit\n\n", now.Format("15:04:05"), sec)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "INTERFACE\tRX PPS\tRX BIT/S\tTX PPS\tTX BIT/S\tKERNEL DROPS/S\t")
+	fmt.Fprintln(tw, "INTERFACE\tRX PPS\tRX BIT/S\tTX PPS\tTX BIT/S\tDROPS/S\tKERNEL DROPS/S\t")
 	line := func(name string, a, b agent.Counters, ka, kb agent.KernelDrops) {
 		kd := func(k agent.KernelDrops) uint64 { return k.RxDropped + k.RxRingFull + k.FillRingEmpty + k.TxInvalid }
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name,
 			human(rate(a.RxPackets, b.RxPackets)), human(8*rate(a.RxBytes, b.RxBytes)),
 			human(rate(a.TxPackets, b.TxPackets)), human(8*rate(a.TxBytes, b.TxBytes)),
-			human(rate(kd(ka), kd(kb))))
+			human(rate(a.Drops, b.Drops)), human(rate(kd(ka), kd(kb))))
 	}
 	for i, x := range cur.Interfaces {
 		var p agent.InterfaceStats
