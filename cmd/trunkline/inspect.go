@@ -72,18 +72,7 @@ func writeConntrackTable(out io.Writer, l agent.ConntrackList, limit int) error 
 }
 
 func cmdServices(ctx context.Context, args []string, out io.Writer) error {
-	socket, output, err := outputFlags(args, "services")
-	if err != nil {
-		return err
-	}
-	svcs, err := agent.NewClient(socket).Services(ctx)
-	if err != nil {
-		return err
-	}
-	if output == "json" {
-		return printJSON(out, svcs)
-	}
-	return writeServicesTable(out, svcs)
+	return show(ctx, args, "services", out, (*agent.Client).Services, writeServicesTable)
 }
 
 func writeServicesTable(out io.Writer, svcs []agent.ServiceConfig) error {
@@ -117,18 +106,11 @@ func writeServicesTable(out io.Writer, svcs []agent.ServiceConfig) error {
 }
 
 func cmdPods(ctx context.Context, args []string, out io.Writer) error {
-	socket, output, err := outputFlags(args, "pods")
-	if err != nil {
-		return err
+	pods := func(c *agent.Client, ctx context.Context) ([]agent.PodStats, error) {
+		st, err := c.Stats(ctx)
+		return st.Pods, err
 	}
-	st, err := agent.NewClient(socket).Stats(ctx)
-	if err != nil {
-		return err
-	}
-	if output == "json" {
-		return printJSON(out, st.Pods)
-	}
-	return writePodsTable(out, st.Pods)
+	return show(ctx, args, "pods", out, pods, writePodsTable)
 }
 
 func writePodsTable(out io.Writer, pods []agent.PodStats) error {

@@ -31,18 +31,25 @@ func printJSON(out io.Writer, v any) error {
 }
 
 func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
-	socket, output, err := outputFlags(args, "status")
+	return show(ctx, args, "status", out, (*agent.Client).Status, writeStatusTable)
+}
+
+// show is an operator command that fetches one thing from the agent and
+// prints it as JSON (-o json) or as a table.
+func show[T any](ctx context.Context, args []string, name string, out io.Writer,
+	fetch func(*agent.Client, context.Context) (T, error), table func(io.Writer, T) error) error {
+	socket, output, err := outputFlags(args, name)
 	if err != nil {
 		return err
 	}
-	st, err := agent.NewClient(socket).Status(ctx)
+	v, err := fetch(agent.NewClient(socket), ctx)
 	if err != nil {
 		return err
 	}
 	if output == "json" {
-		return printJSON(out, st)
+		return printJSON(out, v)
 	}
-	return writeStatusTable(out, st)
+	return table(out, v)
 }
 
 func writeStatusTable(out io.Writer, st agent.Status) error {
@@ -53,18 +60,7 @@ func writeStatusTable(out io.Writer, st agent.Status) error {
 }
 
 func cmdStats(ctx context.Context, args []string, out io.Writer) error {
-	socket, output, err := outputFlags(args, "stats")
-	if err != nil {
-		return err
-	}
-	st, err := agent.NewClient(socket).Stats(ctx)
-	if err != nil {
-		return err
-	}
-	if output == "json" {
-		return printJSON(out, st)
-	}
-	return writeStatsTable(out, st)
+	return show(ctx, args, "stats", out, (*agent.Client).Stats, writeStatsTable)
 }
 
 func writeStatsTable(out io.Writer, st agent.Stats) error {
