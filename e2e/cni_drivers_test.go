@@ -175,16 +175,7 @@ func TestCNIThroughLibcni(t *testing.T) {
 
 // TestCNIThroughCnitool drives the plugin with cnitool.
 func TestCNIThroughCnitool(t *testing.T) {
-	cnitool, err := exec.LookPath("../bin/cnitool")
-	if err != nil {
-		if cnitool, err = exec.LookPath("cnitool"); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("no cnitool: `make deps` installs it in bin/")
-			}
-			t.Skip("no cnitool: `make deps` installs it in bin/")
-		}
-	}
-	cnitool, _ = filepath.Abs(cnitool)
+	cnitool := tool(t, "cnitool", "`make deps` installs it in bin/")
 	prefix := fmt.Sprintf("tltool%d", os.Getpid()%10000)
 	e := newEnv(t, prefix, 1)
 	b := e.b

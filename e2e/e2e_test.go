@@ -120,6 +120,24 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
+// tool finds a program the test needs (in the repository's bin/ first,
+// then on PATH); without it the test skips, or fails under CI=true, and
+// says how to install it.
+func tool(t *testing.T, name, install string) string {
+	t.Helper()
+	if p, err := exec.LookPath(filepath.Join(binDir(), name)); err == nil {
+		return p
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no %s: %s", name, install)
+		}
+		t.Skipf("no %s: %s", name, install)
+	}
+	return p
+}
+
 // dial opens a connection from inside netns; the socket stays in netns and
 // can be used from any goroutine.
 func dial(t *testing.T, netns, network string, dst netip.AddrPort) net.Conn {
@@ -246,12 +264,7 @@ func TestForwardingThroughTheAgent(t *testing.T) {
 	})
 
 	t.Run("iperf3 for 3 s to each pod", func(t *testing.T) {
-		if _, err := exec.LookPath("iperf3"); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("iperf3 not installed (.ci/run installs it)")
-			}
-			t.Skip("iperf3 not installed: apt-get install iperf3")
-		}
+		tool(t, "iperf3", "apt-get install iperf3")
 		for i, p := range b.Pods {
 			before := podStats(stats(t, a), p.Name)
 			args := []string{"-c", p.IP.String(), "-t", "3", "-J", "-p", "5201"}

@@ -138,13 +138,7 @@ func TestMetrics(t *testing.T) {
 	if v := value(after, "trunkline_ready", nil); v != 1 {
 		t.Errorf("trunkline_ready = %v", v)
 	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no promtool: apt-get install prometheus")
-		}
-		t.Skip("no promtool: apt-get install prometheus")
-	}
+	promtool := tool(t, "promtool", "apt-get install prometheus")
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(raw)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -155,13 +149,7 @@ func TestMetrics(t *testing.T) {
 // TestPrometheusScrapesTheAgent runs a real Prometheus server next to the
 // agent (the node's network) and asks it for trunkline_rx_packets_total.
 func TestPrometheusScrapesTheAgent(t *testing.T) {
-	prom, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no prometheus: apt-get install prometheus")
-		}
-		t.Skip("no prometheus: apt-get install prometheus")
-	}
+	prom := tool(t, "prometheus", "apt-get install prometheus")
 	e := newEnv(t, fmt.Sprintf("tlprm%d", os.Getpid()%10000), 1)
 	b := e.b
 	e.startAgent()
@@ -214,13 +202,7 @@ func TestPrometheusScrapesTheAgent(t *testing.T) {
 // TestReadyzFailsWhenTheTrunkProgramGoes: /readyz answers 200 while the
 // agent forwards, and 503 once its program is detached from the trunk.
 func TestReadyzFailsWhenTheTrunkProgramGoes(t *testing.T) {
-	bpftool, err := exec.LookPath("bpftool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no bpftool: apt-get install bpftool")
-		}
-		t.Skip("no bpftool: apt-get install bpftool")
-	}
+	bpftool := tool(t, "bpftool", "apt-get install bpftool")
 	e := newEnv(t, fmt.Sprintf("tlrdy%d", os.Getpid()%10000), 1)
 	b := e.b
 	a := e.startAgent()

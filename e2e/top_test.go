@@ -14,12 +14,7 @@ import (
 // TestTopInATerminal runs `trunkline top` in a real terminal (tmux) while
 // traffic flows, and reads the screen after two refreshes.
 func TestTopInATerminal(t *testing.T) {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no tmux: apt-get install tmux")
-		}
-		t.Skip("no tmux: apt-get install tmux")
-	}
+	tool(t, "tmux", "apt-get install tmux")
 	e := newEnv(t, fmt.Sprintf("tltop%d", os.Getpid()%10000), 2)
 	b := e.b
 	e.startAgent()
