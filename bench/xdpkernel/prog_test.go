@@ -494,4 +494,3 @@ func containsAddrPort(s []netip.AddrPort, a netip.AddrPort) bool {
 	}
 	return false
 }
-
