@@ -228,6 +228,21 @@ func TestOnBed(t *testing.T) {
 			t.Errorf("counters did not move as expected: %+v", c)
 		}
 
+		// A second peer on the same interfaces fails, says why, and leaves
+		// the first as it was.
+		if p2, err := Attach(FromBed(b)); err == nil {
+			p2.Close()
+			t.Error("a second Attach on the same bed succeeded")
+		} else {
+			t.Logf("second Attach: %v", err)
+			if !strings.Contains(err.Error(), "detach it first") {
+				t.Errorf("second Attach: %v; want it to say what to do", err)
+			}
+		}
+		if err := tcpEcho(b.Wire.Netns, netip.AddrPortFrom(tcpSvc.VIP, tcpSvc.Port), "after a failed Attach", 2*time.Second); err != nil {
+			t.Error(err)
+		}
+
 		// 100,000 Services, the bench's largest scale, plus the two.
 		start := time.Now()
 		many := manyServices(100_000, pod1.IP, pod2.IP)
@@ -271,6 +286,7 @@ func TestOnBed(t *testing.T) {
 			t.Error("the TCP VIP still answers after Close")
 		}
 	})
+	t.Run("generator", func(t *testing.T) { testGeneratorCrosses(t, b) })
 }
 
 // manyServices makes n TCP Services on 10.97.x.y:9001 and up, each with both pods

@@ -25,16 +25,16 @@ const (
 	napiCPU = 1
 )
 
-// TestGeneratorCrosses checks that the bench's generator frames cross the
+// testGeneratorCrosses checks that the bench's generator frames cross the
 // peer (tagged to a pod, and untagged to a Service VIP), and logs the
 // rates, with the kernel path's for comparison. The figures are a
 // one-second look on a shared machine, not a measurement: the bench makes
 // those.
-func TestGeneratorCrosses(t *testing.T) {
+// It leaves the trunk's GRO and threaded NAPI on: run it last on a bed.
+func testGeneratorCrosses(t *testing.T, b *bed.Bed) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("needs 2 CPUs: the generator on one, forwarding on the other")
 	}
-	b := upBed(t)
 	pod := b.Pods[0]
 	// The trunk's NAPI as the bench has it: GRO on (a NAPI that outlives
 	// the XDP programs), threaded, pinned away from the generator.
