@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -174,6 +175,7 @@ func TestOnBed(t *testing.T) {
 	groBefore := map[Endpoint]bool{wire: groState(t, wire), eth0: groState(t, eth0)}
 
 	t.Run("forwarding", func(t *testing.T) {
+		fdsBefore := openFDs(t)
 		p := attach(t, b, tcpSvc, udpSvc)
 		for e, before := range groBefore {
 			if !groState(t, e) {
@@ -274,6 +276,9 @@ func TestOnBed(t *testing.T) {
 		if _, err := p.Counters(); !errors.Is(err, ErrClosed) {
 			t.Errorf("Counters after Close: %v, want ErrClosed", err)
 		}
+		if fds := openFDs(t); fds != fdsBefore {
+			t.Errorf("%d open file descriptors after Close, %d before Attach", fds, fdsBefore)
+		}
 		if ipLink, bpftool := xdpAttached(t, b.Node.Netns); len(ipLink)+len(bpftool) != 0 {
 			t.Errorf("XDP still attached in %s after Close: ip link %q, bpftool %q", b.Node.Netns, ipLink, bpftool)
 		}
@@ -287,6 +292,16 @@ func TestOnBed(t *testing.T) {
 		}
 	})
 	t.Run("generator", func(t *testing.T) { testGeneratorCrosses(t, b) })
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
 }
 
 // manyServices makes n TCP Services on 10.97.x.y:9001 and up, each with both pods
