@@ -312,3 +312,64 @@ func backendsPicked(t *testing.T, netns string, s Service) map[netip.Addr]int {
 	})
 	return picked
 }
+
+// TestCleanupKeepsOthers loads both modes' rules (as a crashed run would
+// leave them) next to another program's iptables rule and nft table, and
+// checks that Install used --noflush, that Cleanup removes kube-proxy's
+// objects only, and that Leftovers then reports none.
+func TestCleanupKeepsOthers(t *testing.T) {
+	privtest.Require(t)
+	netns := privtest.Netns(t, "tlkp-clean")
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	foreignRule := []string{"-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.1/32", "-j", "RETURN"}
+	privtest.Run(t, "ip", append([]string{"netns", "exec", netns, "iptables"}, foreignRule...)...)
+	privtest.Run(t, "ip", "netns", "exec", netns, "nft", "add table ip other; add chain ip other c; add rule ip other c counter")
+
+	o := fixture(ModeIPTables)
+	o.Netns = netns
+	r, err := Install(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.NoFlush {
+		t.Error("Install into a nat table with another rule did not use --noflush")
+	}
+	o.Mode = ModeNFTables
+	script, err := Render(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runIn(ctx, netns, script, "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	left, err := Leftovers(ctx, netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasNFT, hasIPT := false, false
+	for _, l := range left {
+		hasNFT = hasNFT || l == "nft table ip kube-proxy"
+		hasIPT = hasIPT || strings.HasPrefix(l, "iptables nat rule -A PREROUTING")
+	}
+	if !hasNFT || !hasIPT {
+		t.Errorf("Leftovers missed something: %q", left)
+	}
+
+	if err := Cleanup(ctx, netns); err != nil {
+		t.Fatal(err)
+	}
+	if err := Cleanup(ctx, netns); err != nil {
+		t.Errorf("second Cleanup: %v", err)
+	}
+	if left, err := Leftovers(ctx, netns); err != nil || len(left) > 0 {
+		t.Errorf("Leftovers after Cleanup: %q, %v", left, err)
+	}
+	save := privtest.Run(t, "ip", "netns", "exec", netns, "iptables-save", "-t", "nat")
+	if !strings.Contains(save, "-A POSTROUTING -s 192.0.2.1/32 -j RETURN") || strings.Contains(save, "KUBE-") {
+		t.Errorf("nat after Cleanup:\n%s", save)
+	}
+	if out := privtest.Run(t, "ip", "netns", "exec", netns, "nft", "list", "tables"); !strings.Contains(out, "table ip other") {
+		t.Errorf("Cleanup took another program's table: %s", out)
+	}
+}
