@@ -19,10 +19,13 @@
 //     kube-proxy's: the first 16 characters of the base32 of the sha256 of
 //     the Service port name, protocol (and endpoint).
 //     Everything, the jumps from the built-in chains included, is loaded by
-//     one `iptables-restore --noflush`: --noflush so that the tables'
-//     other chains and rules stay as they were, which is also what makes
-//     removal clean (Remove deletes exactly the KUBE-* chains and the rules
-//     that jump to them, again in one iptables-restore).
+//     one iptables-restore. With --noflush, as kube-proxy does, whenever
+//     the tables hold anything already: then their other chains and rules
+//     stay as they were, which is also what makes removal clean (Remove
+//     deletes exactly the KUBE-* chains and the rules that jump to them,
+//     again in one iptables-restore). Into tables that hold nothing, a
+//     plain restore gives the same result, and is what keeps iptables-nft
+//     fast at scale (see Options.NoFlush).
 //   - ModeNFTables: kube-proxy's nftables mode. Table `ip kube-proxy` with
 //     base chains nat-prerouting/nat-output (jump services), nat-postrouting
 //     (jump masquerading) and filter-* (endpoints and firewall checks);
@@ -32,7 +35,8 @@
 //     service-nodeports (`goto external-…`); a service chain marks
 //     off-cluster clients and picks an endpoint chain with
 //     `numgen random mod N vmap`; an endpoint chain does `dnat to`. Loaded
-//     by one `nft -f -` transaction; removed by deleting the table.
+//     by one `nft -f -` transaction (or in batches, Options.NFTBatch);
+//     removed by deleting the table.
 //
 // Install refuses a namespace that already holds kube-proxy objects
 // (ErrExists); Cleanup removes such leftovers whoever made them, and
