@@ -57,6 +57,10 @@ type FrameSpec struct {
 	// 0 means DefaultSrcPortBase and 1 flow.
 	SrcPortBase uint16
 	Flows       int
+	// Hosts varies the source address too: frame n comes from SrcIP plus
+	// (n/Flows)%Hosts, so Flows×Hosts frames are distinct flows. 0 means
+	// 1; above 1, SrcIP's low 16 bits must be 0. At most 65536.
+	Hosts int
 }
 
 func (s FrameSpec) withDefaults() (FrameSpec, error) {
@@ -71,6 +75,9 @@ func (s FrameSpec) withDefaults() (FrameSpec, error) {
 	}
 	if s.Flows == 0 {
 		s.Flows = 1
+	}
+	if s.Hosts == 0 {
+		s.Hosts = 1
 	}
 	var errs []error
 	if s.Bytes < MinFrameBytes || s.Bytes > MaxFrameBytes {
@@ -87,6 +94,9 @@ func (s FrameSpec) withDefaults() (FrameSpec, error) {
 	}
 	if s.Flows < 1 || s.Flows > 65535 || int(s.SrcPortBase)+s.Flows-1 > 65535 {
 		errs = append(errs, fmt.Errorf("flows %d from source port %d: want 1..65535 ports that fit under 65536", s.Flows, s.SrcPortBase))
+	}
+	if s.Hosts < 1 || s.Hosts > 65536 || (s.Hosts > 1 && s.SrcIP.Is4() && s.SrcIP.As4()[2]|s.SrcIP.As4()[3] != 0) {
+		errs = append(errs, fmt.Errorf("hosts %d from %v: want 1..65536, from an address whose low 16 bits are 0", s.Hosts, s.SrcIP))
 	}
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%w: %w", ErrInvalidFrame, errors.Join(errs...))

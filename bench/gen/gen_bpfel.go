@@ -24,6 +24,8 @@ const (
 	genVarFlows     = "flows"
 	genVarHdr       = "hdr"
 	genVarHdrLen    = "hdr_len"
+	genVarHosts     = "hosts"
+	genVarSaddrOff  = "saddr_off"
 	genVarSinkDport = "sink_dport"
 	genVarSportBase = "sport_base"
 	genVarSportOff  = "sport_off"
@@ -91,6 +93,8 @@ type genVariableSpecs struct {
 	Flows     *ebpf.VariableSpec `ebpf:"flows"`
 	Hdr       *ebpf.VariableSpec `ebpf:"hdr"`
 	HdrLen    *ebpf.VariableSpec `ebpf:"hdr_len"`
+	Hosts     *ebpf.VariableSpec `ebpf:"hosts"`
+	SaddrOff  *ebpf.VariableSpec `ebpf:"saddr_off"`
 	SinkDport *ebpf.VariableSpec `ebpf:"sink_dport"`
 	SportBase *ebpf.VariableSpec `ebpf:"sport_base"`
 	SportOff  *ebpf.VariableSpec `ebpf:"sport_off"`
@@ -134,6 +138,8 @@ type genVariables struct {
 	Flows     *ebpf.Variable `ebpf:"flows"`
 	Hdr       *ebpf.Variable `ebpf:"hdr"`
 	HdrLen    *ebpf.Variable `ebpf:"hdr_len"`
+	Hosts     *ebpf.Variable `ebpf:"hosts"`
+	SaddrOff  *ebpf.Variable `ebpf:"saddr_off"`
 	SinkDport *ebpf.Variable `ebpf:"sink_dport"`
 	SportBase *ebpf.Variable `ebpf:"sport_base"`
 	SportOff  *ebpf.Variable `ebpf:"sport_off"`

@@ -66,6 +66,8 @@ func NewGenerator(s FrameSpec) (*Generator, error) {
 		"sport_off":  uint32(n - 8),
 		"sport_base": s.SrcPortBase,
 		"flows":      uint16(s.Flows),
+		"hosts":      uint32(s.Hosts),
+		"saddr_off":  uint32(n - 28 + 12),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("generator: set %s: %w", name, err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
@@ -110,5 +111,46 @@ func TestGeneratorSink(t *testing.T) {
 	}
 	if got > st.Offered {
 		t.Errorf("the sink counted %d frames, more than the %d offered", got, st.Offered)
+	}
+}
+
+// TestGeneratorHosts runs the generator program on a frame (not live) and
+// checks that frames cycle through ports, then addresses, with a valid IPv4
+// checksum each.
+func TestGeneratorHosts(t *testing.T) {
+	privtest.Require(t)
+	s := testSpec
+	s.SrcIP, s.Flows, s.Hosts = netip.MustParseAddr("10.100.0.0"), 3, 5
+	g, err := NewGenerator(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	seen := map[string]bool{}
+	for n := range 30 {
+		out := make([]byte, len(g.frame))
+		if _, err := g.objs.GenFrame.Run(&ebpf.RunOptions{Data: g.frame, DataOut: out}); err != nil {
+			t.Fatal(err)
+		}
+		p := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+		ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		udp, _ := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+		if ip == nil || udp == nil {
+			t.Fatalf("frame %d: %v", n, p)
+		}
+		wantIP := netip.AddrFrom4([4]byte{10, 100, 0, byte(n / 3 % 5)})
+		if got, _ := netip.AddrFromSlice(ip.SrcIP); got != wantIP || int(udp.SrcPort) != DefaultSrcPortBase+n%3 {
+			t.Errorf("frame %d from %v:%d, want %v:%d", n, got, udp.SrcPort, wantIP, DefaultSrcPortBase+n%3)
+		}
+		if got, want := ip.Checksum, checksumOf(t, ip); got != want {
+			t.Errorf("frame %d: IPv4 checksum %#04x, want %#04x", n, got, want)
+		}
+		seen[ip.SrcIP.String()+":"+udp.SrcPort.String()] = true
+	}
+	if len(seen) != 15 {
+		t.Errorf("%d distinct flows in 30 frames, want 15", len(seen))
+	}
+	if _, err := NewGenerator(FrameSpec{SrcMAC: s.SrcMAC, DstMAC: s.DstMAC, SrcIP: netip.MustParseAddr("10.100.0.1"), DstIP: s.DstIP, Hosts: 2}); err == nil {
+		t.Error("hosts from an address with low bits set: no error")
 	}
 }

@@ -39,6 +39,8 @@ volatile const __u32 hdr_len = MAX_HDR; // 42 untagged, 46 tagged
 volatile const __u32 sport_off = MAX_HDR - UDP_HLEN; // UDP source port offset in hdr
 volatile const __u16 sport_base = 1024;
 volatile const __u16 flows = 1;     // distinct source ports, >= 1
+volatile const __u32 hosts = 1;     // distinct source addresses, 1..65536
+volatile const __u32 saddr_off = ETH_HLEN + 12; // IPv4 source address offset in hdr
 volatile const __u16 sink_dport = 9; // the sink counts UDP to this port
 
 // gen_count[0]: frames the generator offered on this CPU.
@@ -85,6 +87,23 @@ int gen_frame(struct xdp_md *ctx)
 	if ((void *)(sp + 1) > data_end)
 		return XDP_ABORTED;
 	*sp = bpf_htons(sport);
+	if (hosts > 1) {
+		// Source address n/flows % hosts above the template's (whose low
+		// 16 bits are 0), and the IPv4 checksum updated to match (RFC 1624:
+		// HC' = ~(~HC + ~m + m'), with m = 0).
+		__u16 h = (__u16)((c / flows) % hosts);
+		__u32 so = saddr_off;
+		if (so > MAX_HDR - 4)
+			return XDP_ABORTED;
+		__be16 *lo = (void *)(p + so + 2);
+		__be16 *csum = (void *)(p + so - 2); // 12 + 10 = header checksum
+		if ((void *)(lo + 1) > data_end)
+			return XDP_ABORTED;
+		*lo = bpf_htons(h);
+		__u32 sum = (__u16)~bpf_ntohs(*csum) + (__u32)h;
+		sum = (sum & 0xffff) + (sum >> 16);
+		*csum = bpf_htons((__u16)~sum);
+	}
 	return XDP_TX;
 }
 
