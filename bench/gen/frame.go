@@ -59,7 +59,7 @@ type FrameSpec struct {
 	Flows       int
 	// Hosts varies the source address too: frame n comes from SrcIP plus
 	// (n/Flows)%Hosts, so Flows×Hosts frames are distinct flows. 0 means
-	// 1; above 1, SrcIP's low 16 bits must be 0. At most 65536.
+	// 1; the addresses must differ only in their low 16 bits.
 	Hosts int
 }
 
@@ -95,8 +95,8 @@ func (s FrameSpec) withDefaults() (FrameSpec, error) {
 	if s.Flows < 1 || s.Flows > 65535 || int(s.SrcPortBase)+s.Flows-1 > 65535 {
 		errs = append(errs, fmt.Errorf("flows %d from source port %d: want 1..65535 ports that fit under 65536", s.Flows, s.SrcPortBase))
 	}
-	if s.Hosts < 1 || s.Hosts > 65536 || (s.Hosts > 1 && s.SrcIP.Is4() && s.SrcIP.As4()[2]|s.SrcIP.As4()[3] != 0) {
-		errs = append(errs, fmt.Errorf("hosts %d from %v: want 1..65536, from an address whose low 16 bits are 0", s.Hosts, s.SrcIP))
+	if a := s.SrcIP.As16(); s.Hosts < 1 || int(a[14])<<8|int(a[15])+s.Hosts > 65536 {
+		errs = append(errs, fmt.Errorf("hosts %d from %v: want 1.. addresses that differ only in their low 16 bits", s.Hosts, s.SrcIP))
 	}
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%w: %w", ErrInvalidFrame, errors.Join(errs...))

@@ -120,7 +120,7 @@ func TestGeneratorSink(t *testing.T) {
 func TestGeneratorHosts(t *testing.T) {
 	privtest.Require(t)
 	s := testSpec
-	s.SrcIP, s.Flows, s.Hosts = netip.MustParseAddr("10.100.0.0"), 3, 5
+	s.SrcIP, s.Flows, s.Hosts = netip.MustParseAddr("10.100.128.250"), 3, 9
 	g, err := NewGenerator(s)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +138,8 @@ func TestGeneratorHosts(t *testing.T) {
 		if ip == nil || udp == nil {
 			t.Fatalf("frame %d: %v", n, p)
 		}
-		wantIP := netip.AddrFrom4([4]byte{10, 100, 0, byte(n / 3 % 5)})
+		lo := 128<<8 | 250 + n/3%9
+		wantIP := netip.AddrFrom4([4]byte{10, 100, byte(lo >> 8), byte(lo)})
 		if got, _ := netip.AddrFromSlice(ip.SrcIP); got != wantIP || int(udp.SrcPort) != DefaultSrcPortBase+n%3 {
 			t.Errorf("frame %d from %v:%d, want %v:%d", n, got, udp.SrcPort, wantIP, DefaultSrcPortBase+n%3)
 		}
@@ -147,10 +148,10 @@ func TestGeneratorHosts(t *testing.T) {
 		}
 		seen[ip.SrcIP.String()+":"+udp.SrcPort.String()] = true
 	}
-	if len(seen) != 15 {
-		t.Errorf("%d distinct flows in 30 frames, want 15", len(seen))
+	if len(seen) != 27 {
+		t.Errorf("%d distinct flows in 30 frames, want 27", len(seen))
 	}
-	if _, err := NewGenerator(FrameSpec{SrcMAC: s.SrcMAC, DstMAC: s.DstMAC, SrcIP: netip.MustParseAddr("10.100.0.1"), DstIP: s.DstIP, Hosts: 2}); err == nil {
-		t.Error("hosts from an address with low bits set: no error")
+	if _, err := NewGenerator(FrameSpec{SrcMAC: s.SrcMAC, DstMAC: s.DstMAC, SrcIP: netip.MustParseAddr("10.100.255.255"), DstIP: s.DstIP, Hosts: 2}); err == nil {
+		t.Error("hosts past the low 16 bits: no error")
 	}
 }

@@ -88,19 +88,21 @@ int gen_frame(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	*sp = bpf_htons(sport);
 	if (hosts > 1) {
-		// Source address n/flows % hosts above the template's (whose low
-		// 16 bits are 0), and the IPv4 checksum updated to match (RFC 1624:
-		// HC' = ~(~HC + ~m + m'), with m = 0).
-		__u16 h = (__u16)((c / flows) % hosts);
+		// Source address (n/flows)%hosts above the template's, whose low 16
+		// bits leave room, and the IPv4 checksum updated to match (RFC 1624:
+		// HC' = ~(~HC + ~m + m')).
 		__u32 so = saddr_off;
 		if (so > MAX_HDR - 4)
 			return XDP_ABORTED;
 		__be16 *lo = (void *)(p + so + 2);
-		__be16 *csum = (void *)(p + so - 2); // 12 + 10 = header checksum
+		__be16 *csum = (void *)(p + so - 2); // the header checksum, 10 bytes in
 		if ((void *)(lo + 1) > data_end)
 			return XDP_ABORTED;
-		*lo = bpf_htons(h);
-		__u32 sum = (__u16)~bpf_ntohs(*csum) + (__u32)h;
+		__u16 m = bpf_ntohs(*lo);
+		__u16 m2 = m + (__u16)((c / flows) % hosts);
+		*lo = bpf_htons(m2);
+		__u32 sum = (__u16)~bpf_ntohs(*csum) + (__u32)(__u16)~m + m2;
+		sum = (sum & 0xffff) + (sum >> 16);
 		sum = (sum & 0xffff) + (sum >> 16);
 		*csum = bpf_htons((__u16)~sum);
 	}
