@@ -16,18 +16,19 @@ import (
 
 // Defaults and bounds of ConnectOptions.
 const (
-	DefaultConnectWorkers  = 4
+	DefaultConnectWorkers  = 8
+	DefaultConnectThreads  = 1
 	DefaultConnectDuration = 2 * time.Second
 	DefaultConnectWarmup   = 200 * time.Millisecond
 	DefaultConnectTimeout  = time.Second
 	DefaultMessageBytes    = 8
 	MaxConnectWorkers      = 1024
+	MaxConnectThreads      = 64
 	MaxMessageBytes        = 4096
-	// maxSetupSamples bounds the set-up latencies kept (over all workers);
-	// past it each worker keeps a uniform sample (reservoir sampling).
+	// maxSetupSamples bounds the set-up latencies kept (over all
+	// threads); past it each thread keeps a uniform sample (reservoir
+	// sampling).
 	maxSetupSamples = 1 << 20
-	// pollSlice bounds one wait, so a worker notices ctx within it.
-	pollSlice = 100 * time.Millisecond
 )
 
 // ConnectOptions configures ConnectRate. The zero value of a field picks
@@ -39,9 +40,13 @@ type ConnectOptions struct {
 	Netns string
 	// Target is a TCP echo server (a pod's 9001, a Service VIP's port).
 	Target netip.AddrPort
-	// Workers is how many connections are in progress at once, each on a
-	// goroutine of its own (and an OS thread in Netns), 1..1024. Default 4.
+	// Workers is how many connections are in progress at once, each one
+	// connecting, echoing, closing and starting over, 1..1024. Default 8.
 	Workers int
+	// Threads is how many event-loop threads drive the workers between
+	// them, 1..64 and at most Workers. Default 1: on a 2-core machine the
+	// other core is the server's.
+	Threads int
 	// Warmup is how long connections are made and not counted before the
 	// measured window; negative for none. Default 200 ms.
 	Warmup time.Duration
@@ -63,6 +68,9 @@ func (o ConnectOptions) withDefaults() (ConnectOptions, error) {
 	if o.Workers == 0 {
 		o.Workers = DefaultConnectWorkers
 	}
+	if o.Threads == 0 {
+		o.Threads = DefaultConnectThreads
+	}
 	if o.Warmup == 0 {
 		o.Warmup = DefaultConnectWarmup
 	} else if o.Warmup < 0 {
@@ -83,6 +91,9 @@ func (o ConnectOptions) withDefaults() (ConnectOptions, error) {
 	}
 	if o.Workers < 1 || o.Workers > MaxConnectWorkers {
 		errs = append(errs, fmt.Errorf("workers %d: want 1..%d", o.Workers, MaxConnectWorkers))
+	}
+	if o.Threads < 1 || o.Threads > min(MaxConnectThreads, max(o.Workers, 1)) {
+		errs = append(errs, fmt.Errorf("threads %d: want 1..%d and no more than workers (%d)", o.Threads, MaxConnectThreads, o.Workers))
 	}
 	if o.Warmup > MaxDuration {
 		errs = append(errs, fmt.Errorf("warm-up %v: want at most %v", o.Warmup, MaxDuration))
@@ -144,9 +155,10 @@ type ConnectResult struct {
 	// included.
 	TotalConnections int
 	TotalErrors      ConnectErrors
-	// Setup describes the set-up latency (connect() to established) of the
-	// connections in the window; past about a million connections it is
-	// estimated from a uniform sample of them.
+	// Setup describes the set-up latency (connect() to the client seeing
+	// the connection established) of the connections in the window; past
+	// about a million connections it is estimated from a uniform sample of
+	// them.
 	Setup Summary
 	// FirstOther is the first error of kind Other, for diagnosis ("" when
 	// none).
@@ -154,20 +166,26 @@ type ConnectResult struct {
 }
 
 // ConnectRate measures how many new TCP connections per second can be made
-// to an echo server from inside a network namespace. Workers run in
-// parallel, each in a loop: a non-blocking connect bounded by the timeout,
-// a short message written, its echo read back, and the socket closed with
-// SO_LINGER 0 — a RST instead of a FIN. An orderly close would leave every
-// client socket in TIME_WAIT for 60 s, holding its (address, port) pair:
-// at tens of thousands of connections a second the ~28,000 ephemeral ports
-// run out within a second and connect fails with EADDRNOTAVAIL. The RST
-// also spares the server TIME_WAIT, and measures set-up, not teardown.
+// to an echo server from inside a network namespace. Each of Workers keeps
+// one connection going at a time: a non-blocking connect bounded by the
+// timeout, a short message written, its echo read back, and the socket
+// closed with SO_LINGER 0 — a RST instead of a FIN — before the next. An
+// orderly close would leave every client socket in TIME_WAIT for 60 s,
+// holding its (address, port) pair: at tens of thousands of connections a
+// second the ~28,000 ephemeral ports run out within a second and connect
+// fails with EADDRNOTAVAIL. The RST also spares the server TIME_WAIT, and
+// the measurement is of set-up, not teardown.
 //
-// The count starts after a warm-up and the run ends at Duration, at Count
-// or when ctx is done (then with ctx's error and what was measured so far).
+// The workers are spread over Threads event loops, each an OS thread that
+// entered Netns (so its sockets are made there) and is thrown away
+// afterwards; a loop sleeps in epoll_wait only when none of its
+// connections can move, so the client costs a few system calls per
+// connection and no thread hand-offs.
+//
+// Counting starts after a warm-up; the run ends at Duration, at Count or
+// when ctx is done (then with ctx's error and what was measured so far).
 // Failures are counted by kind, never returned: an error means the run
-// could not start. Each worker's goroutine enters Netns on its locked OS
-// thread, which is thrown away afterwards.
+// could not start.
 func ConnectRate(ctx context.Context, o ConnectOptions) (ConnectResult, error) {
 	o, err := o.withDefaults()
 	if err != nil {
@@ -188,28 +206,33 @@ func ConnectRate(ctx context.Context, o ConnectOptions) (ConnectResult, error) {
 		budget = new(atomic.Int64)
 		budget.Store(int64(o.Count))
 	}
-	keep := max(maxSetupSamples/o.Workers, 1024)
 	msg := make([]byte, o.MessageBytes)
 	for i := range msg {
 		msg[i] = byte('a' + i%26)
 	}
-	workers := make([]*connWorker, o.Workers)
-	errs := make([]error, o.Workers)
+	loops := make([]*connLoop, o.Threads)
+	errs := make([]error, o.Threads)
 	var wg sync.WaitGroup
-	for i := range workers {
+	for t := range loops {
 		domain, sa := sockaddr(o.Target)
-		w := &connWorker{
-			domain: domain, sa: sa, msg: msg, buf: make([]byte, len(msg)),
-			timeout: o.Timeout, done: ctx.Done(), keep: keep,
-			rng: rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano()))),
+		slots := make([]connSlot, o.Workers/o.Threads+btoi(t < o.Workers%o.Threads))
+		for i := range slots {
+			slots[i] = connSlot{fd: -1, buf: make([]byte, len(msg))}
 		}
-		workers[i] = w
+		l := &connLoop{
+			domain: domain, sa: sa, msg: msg, timeout: o.Timeout, done: ctx.Done(),
+			warmEnd: warmEnd, end: end, budget: budget,
+			slots: slots, events: make([]unix.EpollEvent, eventBatch),
+			keep: max(maxSetupSamples/o.Threads, 1024),
+			rng:  rand.New(rand.NewPCG(uint64(t), uint64(start.UnixNano()))),
+		}
+		loops[t] = l
 		wg.Go(func() {
 			if err := lockInto(ns); err != nil {
-				errs[i] = err
+				errs[t] = err
 				return
 			}
-			w.run(warmEnd, end, budget)
+			errs[t] = l.run()
 		})
 	}
 	wg.Wait()
@@ -220,14 +243,14 @@ func ConnectRate(ctx context.Context, o ConnectOptions) (ConnectResult, error) {
 
 	var res ConnectResult
 	var setups []time.Duration
-	for _, w := range workers {
-		res.Connections += w.ok
-		res.TotalConnections += w.okTotal
-		res.Errors.add(w.errs)
-		res.TotalErrors.add(w.errsTotal)
-		setups = append(setups, w.setups...)
-		if res.FirstOther == "" && w.other != nil {
-			res.FirstOther = w.other.Error()
+	for _, l := range loops {
+		res.Connections += l.ok
+		res.TotalConnections += l.okTotal
+		res.Errors.add(l.errs)
+		res.TotalErrors.add(l.errsTotal)
+		setups = append(setups, l.setups...)
+		if res.FirstOther == "" && l.other != nil {
+			res.FirstOther = l.other.Error()
 		}
 	}
 	if stop.After(end) {
@@ -243,25 +266,40 @@ func ConnectRate(ctx context.Context, o ConnectOptions) (ConnectResult, error) {
 	return res, ctx.Err()
 }
 
-// Errors of one connection found by the worker itself.
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Errors of one connection found by the client itself.
 var (
 	errTimedOut   = errors.New("timed out")
-	errStopped    = errors.New("stopped")
 	errClosed     = errors.New("peer closed the connection before echoing")
 	errWrongEcho  = errors.New("echo differs from the message")
 	errShortWrite = errors.New("message not written in one go")
 )
 
-// connWorker makes connections one after another and counts them. Its
-// fields are its own until run returns.
-type connWorker struct {
+// connLoop is one event-loop thread: it keeps its slots' connections in
+// progress, each a small state machine driven by edge-triggered epoll, so
+// the thread sleeps only when none of them can move. Its fields are its own
+// until run returns.
+type connLoop struct {
 	domain  int
 	sa      unix.Sockaddr
 	msg     []byte // shared, read-only
-	buf     []byte
 	timeout time.Duration
 	done    <-chan struct{}
-	pfd     [1]unix.PollFd
+	warmEnd time.Time
+	end     time.Time
+	budget  *atomic.Int64 // nil: no count bound
+
+	epfd   int
+	slots  []connSlot
+	events []unix.EpollEvent
+	ev     unix.EpollEvent // EpollCtl's argument, kept off the heap path
+	active int             // slots with a connection in progress
 
 	ok, okTotal     int
 	errs, errsTotal ConnectErrors
@@ -272,37 +310,205 @@ type connWorker struct {
 	rng             *rand.Rand
 }
 
-// run makes connections until end, ctx is done or the budget (when not
-// nil) runs out; those begun from warmEnd on are counted in the window.
-func (w *connWorker) run(warmEnd, end time.Time, budget *atomic.Int64) {
+// connSlot is one connection in progress (fd ≥ 0) or an idle slot.
+type connSlot struct {
+	fd        int
+	connected bool
+	inWindow  bool // begun in the measured window
+	t0        time.Time
+	deadline  time.Time // of the connect, then of the echo
+	setup     time.Duration
+	got       int // echo bytes read
+	buf       []byte
+}
+
+// epollEvents is what every socket is watched for, once, edge-triggered:
+// writable (connected), readable (the echo), errors and hang-ups.
+const epollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+
+// eventBatch is how many events one epoll_wait returns at most.
+const eventBatch = 64
+
+// epollWait bounds one sleep, so timeouts and ctx are noticed within it.
+const epollWait = 5 // ms
+
+// run makes connections in every slot until end, ctx is done or the
+// budget runs out; those begun from warmEnd on are counted in the window.
+// Connections still in progress then are closed and not counted.
+func (l *connLoop) run() error {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	l.epfd = epfd
+	defer unix.Close(epfd)
+	defer func() {
+		for i := range l.slots {
+			if l.slots[i].fd >= 0 {
+				unix.Close(l.slots[i].fd)
+			}
+		}
+	}()
+	for i := range l.slots {
+		l.start(i)
+	}
+	lastScan := time.Now()
+	for l.active > 0 {
+		select {
+		case <-l.done:
+			return nil
+		default:
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, epollWait)
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		now := time.Now()
+		for _, ev := range l.events[:max(n, 0)] {
+			l.advance(int(ev.Fd), ev.Events, now)
+		}
+		if now.Sub(lastScan) >= time.Millisecond {
+			lastScan = now
+			for i := range l.slots {
+				if s := &l.slots[i]; s.fd >= 0 && now.After(s.deadline) {
+					l.finish(i, errTimedOut)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// start begins a connection in idle slot i, unless the run is over.
+// Connections that fail at once are counted and replaced.
+func (l *connLoop) start(i int) {
+	s := &l.slots[i]
 	for {
 		select {
-		case <-w.done:
+		case <-l.done:
 			return
 		default:
 		}
 		now := time.Now()
-		if !now.Before(end) {
+		if !now.Before(l.end) {
 			return
 		}
-		inWindow := !now.Before(warmEnd)
-		if inWindow && budget != nil && budget.Add(-1) < 0 {
+		s.inWindow = !now.Before(l.warmEnd)
+		if s.inWindow && l.budget != nil && l.budget.Add(-1) < 0 {
 			return
 		}
-		setup, err := w.once()
-		if err == errStopped {
-			return
+		fd, err := unix.Socket(l.domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			l.tally(s.inWindow, 0, fmt.Errorf("tcp socket: %w", err))
+			continue
 		}
-		w.tally(inWindow, setup, err)
+		// Close sends a RST and frees the port at once: see ConnectRate.
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+			unix.Close(fd)
+			l.tally(s.inWindow, 0, fmt.Errorf("set SO_LINGER: %w", err))
+			continue
+		}
+		s.t0 = time.Now()
+		err = unix.Connect(fd, l.sa)
+		if err != nil && err != unix.EINPROGRESS {
+			unix.Close(fd)
+			l.tally(s.inWindow, 0, err)
+			continue
+		}
+		// Added after connect: an unconnected socket polls as hung up.
+		// Already connected or not, the add reports the current state.
+		l.ev = unix.EpollEvent{Events: epollEvents, Fd: int32(i)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &l.ev); err != nil {
+			unix.Close(fd)
+			l.tally(s.inWindow, 0, fmt.Errorf("epoll_ctl: %w", err))
+			continue
+		}
+		s.fd, s.connected, s.got = fd, false, 0
+		s.deadline = s.t0.Add(l.timeout)
+		l.active++
+		return
 	}
 }
 
-func (w *connWorker) tally(inWindow bool, setup time.Duration, err error) {
+// advance moves slot i on after epoll reported events for it.
+func (l *connLoop) advance(i int, events uint32, now time.Time) {
+	s := &l.slots[i]
+	if s.fd < 0 {
+		return
+	}
+	if !s.connected {
+		if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+			return
+		}
+		soerr, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil && soerr != 0 {
+			err = unix.Errno(soerr)
+		}
+		if err == nil && events&unix.EPOLLOUT == 0 {
+			err = errClosed
+		}
+		if err != nil {
+			l.finish(i, err)
+			return
+		}
+		s.connected = true
+		s.setup = now.Sub(s.t0)
+		// A fresh socket's send buffer takes the whole (small) message.
+		n, err := unix.Write(s.fd, l.msg)
+		if err == nil && n != len(l.msg) {
+			err = errShortWrite
+		}
+		if err != nil {
+			l.finish(i, err)
+			return
+		}
+		s.deadline = now.Add(l.timeout)
+		return
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP|unix.EPOLLRDHUP) == 0 {
+		return
+	}
+	for s.got < len(s.buf) { // edge-triggered: read until EAGAIN or done
+		n, err := unix.Read(s.fd, s.buf[s.got:])
+		switch {
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR:
+		case err != nil:
+			l.finish(i, err)
+			return
+		case n == 0:
+			l.finish(i, errClosed)
+			return
+		default:
+			s.got += n
+		}
+	}
+	if !bytes.Equal(s.buf, l.msg) {
+		l.finish(i, errWrongEcho)
+		return
+	}
+	l.finish(i, nil)
+}
+
+// finish closes slot i's connection (with a RST), counts it and starts the
+// next one in the slot.
+func (l *connLoop) finish(i int, err error) {
+	s := &l.slots[i]
+	unix.Close(s.fd) // also takes it out of the epoll set
+	s.fd = -1
+	l.active--
+	l.tally(s.inWindow, s.setup, err)
+	s.setup = 0
+	l.start(i)
+}
+
+func (l *connLoop) tally(inWindow bool, setup time.Duration, err error) {
 	if err == nil {
-		w.okTotal++
+		l.okTotal++
 		if inWindow {
-			w.ok++
-			w.sample(setup)
+			l.ok++
+			l.sample(setup)
 		}
 		return
 	}
@@ -316,111 +522,28 @@ func (w *connWorker) tally(inWindow bool, setup time.Duration, err error) {
 		k.Reset = 1
 	default:
 		k.Other = 1
-		if w.other == nil {
-			w.other = err
+		if l.other == nil {
+			l.other = err
 			if err == unix.EADDRNOTAVAIL {
-				w.other = fmt.Errorf("%w (out of local ports: too many connections in TIME_WAIT?)", err)
+				l.other = fmt.Errorf("%w (out of local ports: too many connections in TIME_WAIT?)", err)
 			}
 		}
 	}
-	w.errsTotal.add(k)
+	l.errsTotal.add(k)
 	if inWindow {
-		w.errs.add(k)
+		l.errs.add(k)
 	}
 }
 
 // sample keeps setup in a uniform sample of at most keep set-ups
 // (algorithm R).
-func (w *connWorker) sample(setup time.Duration) {
-	w.seen++
-	if len(w.setups) < w.keep {
-		w.setups = append(w.setups, setup)
+func (l *connLoop) sample(setup time.Duration) {
+	l.seen++
+	if len(l.setups) < l.keep {
+		l.setups = append(l.setups, setup)
 		return
 	}
-	if j := w.rng.IntN(w.seen); j < w.keep {
-		w.setups[j] = setup
-	}
-}
-
-// once makes one connection: connect, write the message, read its echo,
-// close with a RST. It returns the connect's duration.
-func (w *connWorker) once() (time.Duration, error) {
-	fd, err := unix.Socket(w.domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("tcp socket: %w", err)
-	}
-	defer unix.Close(fd)
-	// Close sends a RST and frees the port at once: see ConnectRate.
-	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
-		return 0, fmt.Errorf("set SO_LINGER: %w", err)
-	}
-	t0 := time.Now()
-	err = unix.Connect(fd, w.sa)
-	if err == unix.EINPROGRESS {
-		if err = w.wait(fd, unix.POLLOUT, t0.Add(w.timeout)); err == nil {
-			var soerr int
-			if soerr, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && soerr != 0 {
-				err = unix.Errno(soerr)
-			}
-		}
-	}
-	if err != nil {
-		return 0, err
-	}
-	setup := time.Since(t0)
-
-	// A fresh socket's send buffer takes the whole (small) message.
-	n, err := unix.Write(fd, w.msg)
-	if err != nil {
-		return setup, err
-	}
-	if n != len(w.msg) {
-		return setup, errShortWrite
-	}
-	deadline := time.Now().Add(w.timeout)
-	for got := 0; got < len(w.buf); {
-		n, err := unix.Read(fd, w.buf[got:])
-		switch {
-		case err == unix.EAGAIN || err == unix.EINTR:
-			if err := w.wait(fd, unix.POLLIN, deadline); err != nil {
-				return setup, err
-			}
-		case err != nil:
-			return setup, err
-		case n == 0:
-			return setup, errClosed
-		default:
-			got += n
-		}
-	}
-	if !bytes.Equal(w.buf, w.msg) {
-		return setup, errWrongEcho
-	}
-	return setup, nil
-}
-
-// wait polls fd for events until deadline (errTimedOut) or until the run is
-// stopped (errStopped). Errors and hang-ups count as ready: the next call
-// on fd reports them.
-func (w *connWorker) wait(fd int, events int16, deadline time.Time) error {
-	w.pfd[0] = unix.PollFd{Fd: int32(fd), Events: events}
-	for {
-		remaining := time.Until(deadline)
-		if remaining <= 0 {
-			return errTimedOut
-		}
-		ms := int((min(remaining, pollSlice) + time.Millisecond - 1) / time.Millisecond)
-		n, err := unix.Poll(w.pfd[:], ms)
-		if err != nil && err != unix.EINTR {
-			return err
-		}
-		if n > 0 {
-			return nil
-		}
-		select {
-		case <-w.done:
-			return errStopped
-		default:
-		}
+	if j := l.rng.IntN(l.seen); j < l.keep {
+		l.setups[j] = setup
 	}
 }

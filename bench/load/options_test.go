@@ -57,7 +57,7 @@ func TestConnectOptionsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ConnectOptions{Target: target, Workers: DefaultConnectWorkers, Warmup: DefaultConnectWarmup,
+	want := ConnectOptions{Target: target, Workers: DefaultConnectWorkers, Threads: DefaultConnectThreads, Warmup: DefaultConnectWarmup,
 		Duration: DefaultConnectDuration, Timeout: DefaultConnectTimeout, MessageBytes: DefaultMessageBytes}
 	if o != want {
 		t.Errorf("defaults = %+v, want %+v", o, want)
@@ -65,8 +65,10 @@ func TestConnectOptionsDefaults(t *testing.T) {
 }
 
 func TestConnectOptionsInvalid(t *testing.T) {
-	_, err := ConnectOptions{Workers: MaxConnectWorkers + 1, Count: -1, Timeout: time.Hour, MessageBytes: MaxMessageBytes + 1, Warmup: 2 * MaxDuration}.withDefaults()
-	wantInvalid(t, err, "target", "workers 1025", "count -1", "timeout 1h", "message 4097 bytes", "warm-up")
+	_, err := ConnectOptions{Workers: 2, Threads: 3, Count: -1, Timeout: time.Hour, MessageBytes: MaxMessageBytes + 1, Warmup: 2 * MaxDuration}.withDefaults()
+	wantInvalid(t, err, "target", "threads 3", "count -1", "timeout 1h", "message 4097 bytes", "warm-up")
+	_, err = ConnectOptions{Target: target, Workers: MaxConnectWorkers + 1}.withDefaults()
+	wantInvalid(t, err, "workers 1025")
 }
 
 func TestConnectRateMissingNetns(t *testing.T) {
