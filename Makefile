@@ -5,7 +5,7 @@ GOFLAGS  ?=
 LDFLAGS  := -s -w
 PKGS     := ./...
 
-.PHONY: all build deps kube-apiserver test test-short demo bench generate lint clean sweep
+.PHONY: all build deps kube-apiserver test test-short demo bench bench-quick generate lint clean sweep
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 
 # The programs the bed and the tests run; installed from Debian's packages
 # when missing (as root).
-TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3 etcd:etcd-server promtool:prometheus tmux:tmux bpftool:bpftool
+TOOLS := ip:iproute2 ss:iproute2 ethtool:ethtool iperf3:iperf3 etcd:etcd-server promtool:prometheus tmux:tmux bpftool:bpftool iptables:iptables nft:nftables
 deps:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -47,8 +47,14 @@ test-short:
 demo: build deps
 	$(BIN)/trunkline demo
 
+# The full comparison (under 20 minutes): every scenario, every dataplane,
+# 3 rounds; results as a table, bench.json and bench.svg.
 bench: build deps
-	$(BIN)/trunkline bench throughput
+	$(BIN)/trunkline bench --json bench.json --chart bench.svg
+
+# The smoke run (under a minute).
+bench-quick: build deps
+	$(BIN)/trunkline bench --quick --json bench-quick.json --chart bench-quick.svg
 
 # Regenerate the BPF objects from their C sources (needs clang and libbpf-dev).
 generate:

@@ -64,10 +64,14 @@ func (a *agentProc) threads() map[int]string {
 	return m
 }
 
-// stop sends SIGTERM, waits up to 3 s, then kills. Repeating it is fine.
-func (a *agentProc) stop() error {
-	_, err := a.Stop(3 * time.Second)
-	return err
+// agentStopTimeout bounds an agent's orderly exit (it detaches a program
+// and closes sockets per pod).
+const agentStopTimeout = 30 * time.Second
+
+// stop sends SIGTERM, waits up to agentStopTimeout, then kills. Repeating
+// it is fine. It returns how long the agent took to exit.
+func (a *agentProc) stop() (time.Duration, error) {
+	return a.Stop(agentStopTimeout)
 }
 
 // lockedBuffer collects a process's output.
@@ -97,4 +101,22 @@ func (l *lockedBuffer) tail() string {
 		return "(no output)"
 	}
 	return s
+}
+
+// rss is the agent's resident memory in bytes, 0 if unknown.
+func (a *agentProc) rss() int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(a.pid()) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 2 && f[1] == "kB" {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -20,10 +21,13 @@ import (
 // The netdev generic netlink family's NAPI query (include/uapi/linux/netdev.h).
 const (
 	netdevCmdNapiGet   = 11
-	netdevANapiIfindex = 1
+	netdevANapiIfindex = 1 // attributes of a NAPI
 	netdevANapiID      = 2
 	netdevANapiPid     = 4
 )
+
+// errNoNAPI reports an interface without a NAPI thread.
+var errNoNAPI = errors.New("no NAPI thread (is threaded NAPI on, and XDP or GRO?)")
 
 // napiThread is the kernel thread that runs an interface's NAPI poll once
 // threaded NAPI is on.
@@ -52,6 +56,10 @@ func threadNAPI(ctx context.Context, netns, ifname string, cpu int) (napiThread,
 // fails, a known thread (known.Pid != 0) still named napi/<ifname>-… is used.
 func pinNAPI(netns, ifname string, cpu int, known napiThread) (napiThread, error) {
 	th, err := findNAPI(netns, ifname)
+	for try := 0; err != nil && errors.Is(err, errNoNAPI) && try < 20; try++ {
+		time.Sleep(50 * time.Millisecond) // a NAPI being re-created (XDP attached or detached)
+		th, err = findNAPI(netns, ifname)
+	}
 	if err != nil && known.Pid != 0 {
 		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(known.Pid) + "/comm")
 		if strings.TrimSpace(string(comm)) == fmt.Sprintf("napi/%s-%d", ifname, known.ID) {
@@ -69,8 +77,32 @@ func pinNAPI(netns, ifname string, cpu int, known napiThread) (napiThread, error
 	return th, nil
 }
 
-// findNAPI asks the netdev netlink family in netns for ifname's NAPI thread.
+// findNAPI finds ifname's NAPI thread in netns. Threads are named
+// napi/<ifname>-<napi id>; when other namespaces repeat the name, the
+// netdev netlink family inside netns says which is ifname's. (Asked for one
+// NAPI by id, or for a dump filtered by ifindex, it answers EINVAL here,
+// and its dump lists only the first interface's NAPIs; hence the name
+// first.)
 func findNAPI(netns, ifname string) (napiThread, error) {
+	cands, err := napiCandidates(ifname)
+	if err != nil {
+		return napiThread{}, err
+	}
+	switch len(cands) {
+	case 0:
+		return napiThread{}, fmt.Errorf("NAPI thread of %s/%s: %w", netns, ifname, errNoNAPI)
+	case 1:
+		return cands[0], nil
+	}
+	th, err := dumpNAPI(netns, ifname)
+	if err != nil {
+		return th, fmt.Errorf("NAPI thread of %s/%s: %d threads are named napi/%s-*: %w", netns, ifname, len(cands), ifname, err)
+	}
+	return th, nil
+}
+
+// dumpNAPI asks the netdev netlink family in netns for ifname's NAPI thread.
+func dumpNAPI(netns, ifname string) (napiThread, error) {
 	var th napiThread
 	err := bed.InNetns(netns, func() error {
 		ifc, err := net.InterfaceByName(ifname)
@@ -83,34 +115,21 @@ func findNAPI(netns, ifname string) (napiThread, error) {
 		}
 		req := nl.NewNetlinkRequest(int(fam.ID), unix.NLM_F_DUMP)
 		req.AddData(&nl.Genlmsg{Command: netdevCmdNapiGet, Version: 1})
-		// A dump filtered by NETDEV_A_NAPI_IFINDEX fails with EINVAL
-		// here; dump all and filter.
-		// The dump fails now and then with EINVAL while NAPIs come and
-		// go (an agent attaching XDP to the pods' veths): retry.
-		var msgs [][]byte
-		for try := 0; ; try++ {
-			msgs, err = req.Execute(unix.NETLINK_GENERIC, 0)
-			if err == nil {
-				break
-			}
-			if try == 10 {
-				return fmt.Errorf("napi-get: %w", err)
-			}
-			time.Sleep(50 * time.Millisecond)
+		msgs, err := req.Execute(unix.NETLINK_GENERIC, 0)
+		if err != nil {
+			return fmt.Errorf("napi-get: %w", err)
 		}
 		for _, m := range msgs {
 			attrs, err := nl.ParseRouteAttr(m[nl.SizeofGenlmsg:])
 			if err != nil {
 				return err
 			}
-			var id, pid uint32
-			var idx uint32
+			var id, idx, pid uint32
 			for _, a := range attrs {
 				if len(a.Value) < 4 {
 					continue
 				}
-				v := binary.NativeEndian.Uint32(a.Value)
-				switch a.Attr.Type {
+				switch v := binary.NativeEndian.Uint32(a.Value); a.Attr.Type {
 				case netdevANapiIfindex:
 					idx = v
 				case netdevANapiID:
@@ -124,12 +143,36 @@ func findNAPI(netns, ifname string) (napiThread, error) {
 				return nil
 			}
 		}
-		return fmt.Errorf("no NAPI thread (is threaded NAPI on, and XDP or GRO?)")
+		return errNoNAPI
 	})
+	return th, err
+}
+
+// napiCandidates lists the threads named napi/<ifname>-<id>.
+func napiCandidates(ifname string) ([]napiThread, error) {
+	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return th, fmt.Errorf("NAPI thread of %s/%s: %w", netns, ifname, err)
+		return nil, err
 	}
-	return th, nil
+	prefix := "napi/" + ifname + "-"
+	var ths []napiThread
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		comm, err := os.ReadFile("/proc/" + e.Name() + "/comm")
+		if err != nil {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(string(comm)), prefix); ok {
+			id, err1 := strconv.ParseUint(rest, 10, 32)
+			pid, err2 := strconv.Atoi(e.Name())
+			if err1 == nil && err2 == nil {
+				ths = append(ths, napiThread{ID: uint32(id), Pid: pid})
+			}
+		}
+	}
+	return ths, nil
 }
 
 // threadRuntime is the CPU time a thread has run (/proc/<pid>/schedstat).

@@ -48,6 +48,21 @@ type sample struct {
 	// generator) this does not check.
 	Foreign float64
 	GenRuns int
+
+	// RSS is the agent's resident memory at the end (0 without an agent).
+	RSS int64
+	// Gbps is iperf3's goodput (tcp).
+	Gbps float64
+	// P50, P99, P999 are round-trip percentiles, LostShare the share of
+	// requests without a reply, Latencies the sorted round trips (latency).
+	P50, P99, P999 time.Duration
+	LostShare      float64
+	Latencies      []time.Duration
+	// CPS and FailedPerSec are connections made and failed per second.
+	CPS, FailedPerSec float64
+	// CTEntries is the connection table's size after the prefill (scale
+	// conntrack points; -1 unknown).
+	CTEntries int
 }
 
 func (s sample) pps() float64        { return float64(s.Forwarded) / s.Window.Seconds() }

@@ -15,6 +15,9 @@ const (
 	UDPEchoPort = 9000
 	TCPEchoPort = 9001
 	IperfPort   = 5201
+	// DiscardPort is the UDP port of the bench's frames (the generator's
+	// destination, the sink's filter); nothing listens on it.
+	DiscardPort = 9
 )
 
 // Service is a Service the bed puts all its pods behind, in the agent's
@@ -36,7 +39,8 @@ type Service struct {
 }
 
 // bedServices are the bed's Services: HTTP behind a NodePort with each
-// external traffic policy, a UDP and a TCP echo, and iperf3.
+// external traffic policy, a UDP and a TCP echo, iperf3, and the bench's
+// discard Service (its frames through a VIP, counted by a sink in the pod).
 func bedServices() []Service {
 	vip := func(last byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 96, 0, last}) }
 	return []Service{
@@ -45,8 +49,16 @@ func bedServices() []Service {
 		{Name: "default/echo-udp", Type: "ClusterIP", VIP: vip(12), Port: 53, Protocol: "UDP", TargetPort: UDPEchoPort},
 		{Name: "default/echo-tcp", Type: "ClusterIP", VIP: vip(13), Port: TCPEchoPort, Protocol: "TCP", TargetPort: TCPEchoPort},
 		{Name: "default/iperf", Type: "ClusterIP", VIP: vip(14), Port: IperfPort, Protocol: "TCP", TargetPort: IperfPort, Affinity: true},
+		{Name: "default/discard", Type: "ClusterIP", VIP: vip(15), Port: DiscardPort, Protocol: "UDP", TargetPort: DiscardPort},
 	}
 }
+
+// VPC is the emulated VPC's address range: the pods' and the node's
+// addresses, what a cluster's pod CIDR is to kube-proxy.
+var VPC = vpcPrefix
+
+// DefaultServices are the Services every bed defines (Bed.Services).
+func DefaultServices() []Service { return bedServices() }
 
 // Service returns the bed's Service with the name, or nil.
 func (b *Bed) Service(name string) *Service {

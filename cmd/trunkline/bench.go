@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,48 +13,90 @@ import (
 )
 
 func cmdBench(ctx context.Context, args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] != "throughput" {
-		return errors.New("bench: want a scenario: throughput")
-	}
-	fs := newFlags("bench throughput")
-	quick := fs.Bool("quick", false, "64-byte frames, 1 s per path, 1 round")
-	repeat := fs.Int("repeat", bench.DefaultRepeat, "rounds; the paths are interleaved in each and the medians reported")
-	dur := fs.Duration("duration", bench.DefaultDuration, "measured time per path and round")
-	sizes := fs.String("sizes", "64", "frame sizes in bytes, e.g. 64,512,1500")
+	fs := newFlags("bench")
+	quick := fs.Bool("quick", false, "the smoke run, under a minute: throughput 64 B, service and latency against kernel and raw, 1 s each, one round")
+	repeat := fs.Int("repeat", bench.DefaultRepeat, "rounds; the dataplanes are interleaved in each and the medians and spreads reported")
+	dur := fs.Duration("duration", bench.DefaultDuration, "measured time of each measurement")
+	scenarios := fs.String("scenarios", strings.Join(bench.AllScenarios, ","), "scenarios to run (also given as arguments)")
+	dataplanes := fs.String("dataplanes", strings.Join(bench.AllDataplanes, ","), "dataplanes to compare (kernel is always measured)")
+	sizes := fs.String("sizes", "64,512,1500", "throughput frame sizes in bytes")
+	scaleSvcs := fs.String("scale-services", "1,10000,100000", "the scale scenario's Service counts")
+	scalePods := fs.String("scale-pods", "1,64,250", "the scale scenario's pod counts")
 	jsonFile := fs.String("json", "", "also write the results as JSON to this file")
-	perfDir := fs.String("perf", "", "profile the trunkline paths with perf into this directory (agent built with symbols)")
-	prefix := fs.String("prefix", bench.DefaultThroughputPrefix, "bed name prefix")
-	if err := fs.Parse(args[1:]); err != nil {
+	chartFile := fs.String("chart", "", "also draw the results as an SVG chart into this file")
+	perfDir := fs.String("perf", "", "profile the trunkline throughput paths with perf into this directory (agent built with symbols)")
+	prefix := fs.String("prefix", bench.DefaultPrefix, "bed name prefix")
+	// Scenarios may come first: `trunkline bench throughput --quick`.
+	var named []string
+	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		named, args = append(named, args[0]), args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	named = append(named, fs.Args()...)
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	o := bench.ThroughputOptions{Prefix: *prefix, AgentBinary: self, Duration: *dur, Repeat: *repeat, Quick: *quick, PerfDir: *perfDir, Out: os.Stderr}
-	for _, s := range strings.Split(*sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil {
-			return fmt.Errorf("--sizes %q: want numbers like 64,512,1500", *sizes)
-		}
-		o.Sizes = append(o.Sizes, n)
+	o := bench.Options{Prefix: *prefix, AgentBinary: self, Duration: *dur, Repeat: *repeat, Quick: *quick, PerfDir: *perfDir, Progress: os.Stderr}
+	o.Scenarios = splitList(*scenarios)
+	if len(named) > 0 {
+		o.Scenarios = named
 	}
-	start := time.Now()
-	rep, err := bench.Throughput(ctx, o)
+	o.Dataplanes = splitList(*dataplanes)
+	for _, l := range []struct {
+		flag, text string
+		into       *[]int
+	}{{"sizes", *sizes, &o.Sizes}, {"scale-services", *scaleSvcs, &o.ScaleServices}, {"scale-pods", *scalePods, &o.ScalePods}} {
+		for _, s := range splitList(l.text) {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return fmt.Errorf("--%s %q: want numbers like 1,2,3", l.flag, l.text)
+			}
+			*l.into = append(*l.into, n)
+		}
+	}
+	rep, err := bench.Run(ctx, o)
 	if err != nil {
 		return err
 	}
 	if err := rep.WriteTable(out); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "(%s)\n", time.Since(start).Round(time.Second))
+	fmt.Fprintf(out, "(%s)\n", time.Duration(rep.Seconds*float64(time.Second)).Round(time.Second))
 	if *jsonFile != "" {
-		f, err := os.Create(*jsonFile)
-		if err != nil {
+		if err := writeFile(*jsonFile, rep.WriteJSON); err != nil {
 			return err
 		}
-		defer f.Close()
-		return rep.WriteJSON(f)
+	}
+	if *chartFile != "" {
+		if err := writeFile(*chartFile, rep.WriteChart); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// writeFile writes a file through write, reporting a failure to close.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Close()
 }

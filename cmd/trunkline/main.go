@@ -32,8 +32,10 @@ Usage:
   trunkline bed sweep [--prefix P]
                                   remove what crashed runs left (every bed without --prefix)
   trunkline demo [--pods N]       bed + agent + real traffic to each pod, then tear down
-  trunkline bench throughput [--quick] [--repeat N] [--json FILE]
-                                  frames/s through trunkline, the kernel path and a raw veth
+  trunkline bench [SCENARIO…] [--quick] [--repeat N] [--json FILE] [--chart FILE] [--dataplanes LIST]
+                                  trunkline against the kernel path (iptables, nftables), an
+                                  in-kernel XDP program and a raw veth, side by side; scenarios:
+                                  throughput service tcp latency cps scale (default all)
 
 Every command that touches the network needs root (CAP_NET_ADMIN, CAP_BPF).
 `
