@@ -315,7 +315,7 @@ func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {
 		mode = xdp.BindCopy
 	}
 	if ws.trunk, err = xdp.NewSocket(ws.umem, xdp.SocketOptions{Ifindex: trunkIndex, Queue: q, Mode: mode,
-		RxSize: trunkRing, TxSize: trunkRing, FillSize: trunkRing, CompSize: trunkRing}); err != nil {
+		RxSize: trunkRing, TxSize: trunkRing, FillSize: trunkRing, CompSize: trunkRing, BusyPoll: cfg.BusyPollMicros}); err != nil {
 		return nil, fmt.Errorf("trunk %s queue %d: %w", cfg.Trunk, q, err)
 	}
 	if ws.poller, err = xdp.NewPoller(); err != nil {

@@ -52,6 +52,10 @@ type Config struct {
 	WorkerPolicy string `yaml:"workerPolicy"`
 	// WorkerPriority is the SCHED_FIFO priority, 1..99 (default 1).
 	WorkerPriority int `yaml:"workerPriority"`
+	// BusyPollMicros turns on preferred busy polling of the trunk's
+	// queues (0: off, the default): a worker's poll runs the queue's NAPI
+	// itself for up to this long instead of waking the kernel's NAPI thread.
+	BusyPollMicros int `yaml:"busyPollMicros"`
 	// Batch is the descriptors per ring operation (default 64).
 	Batch int `yaml:"batch"`
 	// UMEM sizes each worker's frame memory.
@@ -265,6 +269,9 @@ func (c Config) validate() (settings, error) {
 	}
 	if c.WorkerPolicy != "fifo" && c.WorkerPolicy != "normal" {
 		bad("workerPolicy", "%q: want fifo or normal", c.WorkerPolicy)
+	}
+	if c.BusyPollMicros < 0 || c.BusyPollMicros > 10000 {
+		bad("busyPollMicros", "%d: want 0 (off)..10000", c.BusyPollMicros)
 	}
 	if c.WorkerPriority < 1 || c.WorkerPriority > 99 {
 		bad("workerPriority", "%d: want 1..99", c.WorkerPriority)

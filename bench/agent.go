@@ -26,8 +26,8 @@ type agentProc struct {
 // startAgent runs `trunkline run --config … [--worker-cpus cpu]` inside the
 // node namespace and waits until /readyz answers 200 on the bed's API
 // socket. A cpu < 0 leaves the worker unpinned.
-func startAgent(ctx context.Context, b *bed.Bed, binary string, cpu int) (*agentProc, error) {
-	var args []string
+func startAgent(ctx context.Context, b *bed.Bed, binary string, cpu int, extra []string) (*agentProc, error) {
+	args := append([]string(nil), extra...)
 	if cpu >= 0 {
 		args = append(args, "--worker-cpus", strconv.Itoa(cpu))
 	}

@@ -109,6 +109,9 @@ type Options struct {
 	// AgentBinary is the trunkline binary (also the pods' servers); empty
 	// leaves trunkline out and skips the scenarios that need servers.
 	AgentBinary string
+	// AgentArgs are extra arguments to the agent's `trunkline run` (to
+	// compare settings, e.g. --busy-poll 50).
+	AgentArgs []string
 	// Scenarios to measure, of AllScenarios; default all.
 	Scenarios []string
 	// Dataplanes to measure, of AllDataplanes; default all. Kernel is

@@ -51,6 +51,12 @@ type SocketOptions struct {
 	// (XDP_MAX_TX_SKB_BUDGET, Linux 6.17+); default the TX ring size.
 	// Ignored where the kernel lacks the option.
 	TxBudget int
+	// BusyPoll, in microseconds, turns on preferred busy polling
+	// (SO_BUSY_POLL, SO_PREFER_BUSY_POLL): a poll(2) on the socket runs the
+	// queue's NAPI in the caller's thread, BusyPollBudget frames at a time
+	// (SO_BUSY_POLL_BUDGET, default 64), so the worker drives the receive
+	// itself instead of waking the NAPI thread and waiting for it. 0: off.
+	BusyPoll, BusyPollBudget int
 }
 
 func (o *SocketOptions) setDefaults() {
@@ -67,6 +73,9 @@ func (o *SocketOptions) setDefaults() {
 	def(&o.FillMin, o.FillTarget)
 	def(&o.SendBuffer, 4<<20)
 	def(&o.TxBudget, o.TxSize)
+	if o.BusyPoll > 0 {
+		def(&o.BusyPollBudget, 64)
+	}
 }
 
 func (o SocketOptions) validate() error {
@@ -93,6 +102,9 @@ func (o SocketOptions) validate() error {
 	}
 	if o.Queue < 0 {
 		errs = append(errs, fmt.Errorf("queue %d: want >= 0", o.Queue))
+	}
+	if o.BusyPoll < 0 || o.BusyPoll > 10000 || o.BusyPollBudget < 0 || o.BusyPollBudget > 1024 {
+		errs = append(errs, fmt.Errorf("busy poll %d µs, budget %d: want 0..10000 µs and 0..1024 frames", o.BusyPoll, o.BusyPollBudget))
 	}
 	return errors.Join(errs...)
 }
@@ -198,6 +210,19 @@ func NewSocket(u *Umem, o SocketOptions) (s *Socket, err error) {
 	}
 	budget := int32(o.TxBudget)
 	_ = setsockopt(fd, unix.XDP_MAX_TX_SKB_BUDGET, unsafe.Pointer(&budget), 4) // Linux 6.17+; older kernels keep 32
+	if o.BusyPoll > 0 {
+		for _, so := range []struct {
+			name string
+			opt  int
+			v    int32
+		}{{"SO_PREFER_BUSY_POLL", unix.SO_PREFER_BUSY_POLL, 1}, {"SO_BUSY_POLL", unix.SO_BUSY_POLL, int32(o.BusyPoll)},
+			{"SO_BUSY_POLL_BUDGET", unix.SO_BUSY_POLL_BUDGET, int32(o.BusyPollBudget)}} {
+			v := so.v
+			if err := setsockoptLevel(fd, unix.SOL_SOCKET, so.opt, unsafe.Pointer(&v), 4); err != nil {
+				return nil, fmt.Errorf("busy polling: %s: %w (needs CAP_NET_ADMIN and a kernel with CONFIG_NET_RX_BUSY_POLL)", so.name, err)
+			}
+		}
+	}
 
 	sa := &unix.SockaddrXDP{Ifindex: uint32(o.Ifindex), QueueID: uint32(o.Queue)}
 	if owner {

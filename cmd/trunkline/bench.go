@@ -26,6 +26,7 @@ func cmdBench(ctx context.Context, args []string, out io.Writer) error {
 	chartFile := fs.String("chart", "", "also draw the results as an SVG chart into this file")
 	perfDir := fs.String("perf", "", "profile the trunkline throughput paths with perf into this directory (agent built with symbols)")
 	prefix := fs.String("prefix", bench.DefaultPrefix, "bed name prefix")
+	agentArgs := fs.String("agent-args", "", "extra arguments to the agent's `trunkline run`, space-separated (e.g. \"--busy-poll 50\")")
 	// Scenarios may come first: `trunkline bench throughput --quick`.
 	var named []string
 	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -45,6 +46,7 @@ func cmdBench(ctx context.Context, args []string, out io.Writer) error {
 		o.Scenarios = named
 	}
 	o.Dataplanes = splitList(*dataplanes)
+	o.AgentArgs = strings.Fields(*agentArgs)
 	for _, l := range []struct {
 		flag, text string
 		into       *[]int

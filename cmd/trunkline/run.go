@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 
@@ -19,9 +20,13 @@ func cmdRun(ctx context.Context, args []string) error {
 	inCluster := fs.Bool("kube-in-cluster", false, "watch Services and EndpointSlices with the pod's service account (in a DaemonSet)")
 	nodeName := fs.String("node-name", "", "this node's name in the cluster (for logs)")
 	metricsAddr := fs.String("metrics-addr", "", "serve /metrics, /healthz and /readyz here (overrides metricsAddr; default "+agent.DefaultMetricsAddr+"; off: none)")
+	busyPoll := fs.Int("busy-poll", -1, "override the config's busyPollMicros: preferred busy polling of the trunk, in µs (0: off)")
 	logger := logFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *busyPoll > 10000 {
+		return fmt.Errorf("run: --busy-poll %d: want 0 (off)..10000 µs", *busyPoll)
 	}
 	if *config == "" {
 		return errors.New("run: --config FILE is required")
@@ -36,6 +41,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	if *metricsAddr != "" {
 		cfg.MetricsAddr = *metricsAddr
+	}
+	if *busyPoll >= 0 {
+		cfg.BusyPollMicros = *busyPoll
 	}
 	o := agent.Options{Logger: log, XDPMode: *mode}
 	if o.WorkerCPUs, err = parseCPUs(*cpus); err != nil {
