@@ -27,6 +27,7 @@ func (s *session) measureFrames(ctx context.Context, d dataplane, c testCase, pr
 		warmup: s.warmup(),
 		dur:    s.o.Duration,
 		repeat: gen.DefaultRepeat,
+		rate:   s.o.Rate,
 	}
 	if c.size > 512 {
 		w.repeat = gen.MinRepeat // fewer, slower frames: keep runs near 1 s

@@ -124,6 +124,9 @@ type Options struct {
 	// Duration is the measured time of each measurement, after a warm-up.
 	// Default DefaultDuration.
 	Duration time.Duration
+	// Rate caps the frames per second the generator offers in the frame
+	// scenarios (0: as fast as it can, which saturates every path here).
+	Rate uint64
 	// Repeat is the number of rounds; the dataplanes are interleaved in
 	// each and the report gives medians and spreads. Default DefaultRepeat.
 	Repeat int

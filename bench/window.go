@@ -20,6 +20,7 @@ type window struct {
 	netns, ifname string // where the generator transmits
 	warmup, dur   time.Duration
 	repeat        uint32
+	rate          uint64     // frames/s cap, 0 none
 	napiPid       int        // the receiving NAPI thread
 	workerCPU     int        // trunkline's worker's CPU, if an agent runs
 	agent         *agentProc // trunkline's agent, if any
@@ -114,7 +115,7 @@ func (w *window) run(ctx context.Context) (sample, error) {
 	go func() {
 		st, err := w.gen.Run(ctx, gen.RunOptions{
 			Netns: w.netns, Ifname: w.ifname, CPU: genCPU,
-			Until: start.Add(w.warmup + w.dur), Repeat: w.repeat,
+			Until: start.Add(w.warmup + w.dur), Repeat: w.repeat, Rate: w.rate,
 		})
 		done <- result{st, err}
 	}()

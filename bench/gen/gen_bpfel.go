@@ -8,15 +8,24 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type genPace struct {
+	_       structs.HostLayout
+	Rate    uint64
+	StartNs uint64
+	Sent    uint64
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	genMapGenCount  = "gen_count"
+	genMapGenPace   = "gen_pace"
 	genMapSinkCount = "sink_count"
 	genProgGenFrame = "gen_frame"
 	genProgSink     = "sink"
@@ -83,6 +92,7 @@ type genProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type genMapSpecs struct {
 	GenCount  *ebpf.MapSpec `ebpf:"gen_count"`
+	GenPace   *ebpf.MapSpec `ebpf:"gen_pace"`
 	SinkCount *ebpf.MapSpec `ebpf:"sink_count"`
 }
 
@@ -121,12 +131,14 @@ func (o *genObjects) Close() error {
 // It can be passed to loadGenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type genMaps struct {
 	GenCount  *ebpf.Map `ebpf:"gen_count"`
+	GenPace   *ebpf.Map `ebpf:"gen_pace"`
 	SinkCount *ebpf.Map `ebpf:"sink_count"`
 }
 
 func (m *genMaps) Close() error {
 	return _GenClose(
 		m.GenCount,
+		m.GenPace,
 		m.SinkCount,
 	)
 }

@@ -23,6 +23,11 @@ const DefaultRepeat = 4 << 20
 // MinRepeat is the smallest Repeat RunOptions accepts.
 const MinRepeat = 2_000_000
 
+// pace is struct pace of gen.c: the generator's rate cap.
+type pace struct {
+	Rate, StartNs, Sent uint64
+}
+
 // xdpMD is struct xdp_md, the context of a live-frames run: data_end must be
 // the frame's length, ingress_ifindex names the interface that transmits
 // XDP_TX frames.
@@ -77,11 +82,12 @@ func NewGenerator(s FrameSpec) (*Generator, error) {
 	var objs struct {
 		Prog  *ebpf.Program `ebpf:"gen_frame"`
 		Count *ebpf.Map     `ebpf:"gen_count"`
+		Pace  *ebpf.Map     `ebpf:"gen_pace"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		return nil, fmt.Errorf("generator: load: %w", err)
 	}
-	g.objs.GenFrame, g.objs.GenCount = objs.Prog, objs.Count
+	g.objs.GenFrame, g.objs.GenCount, g.objs.GenPace = objs.Prog, objs.Count, objs.Pace
 	return g, nil
 }
 
@@ -95,7 +101,7 @@ func (g *Generator) Offered() (uint64, error) { return sumPerCPU(g.objs.GenCount
 
 // Close frees the program.
 func (g *Generator) Close() error {
-	return errors.Join(g.objs.GenFrame.Close(), g.objs.GenCount.Close())
+	return errors.Join(g.objs.GenFrame.Close(), g.objs.GenCount.Close(), g.objs.GenPace.Close())
 }
 
 // RunOptions says where and how long a generator runs.
@@ -109,6 +115,10 @@ type RunOptions struct {
 	// Until: no run starts after this time; the one running then finishes
 	// (Repeat frames take ~0.5–1 s at 64 bytes).
 	Until time.Time
+	// Rate caps the frames sent per second (0: as fast as the kernel
+	// sends). Frames over the rate are dropped by the program before they
+	// are counted or sent, so Offered counts only frames sent.
+	Rate uint64
 	// Repeat is the number of frames per run: 0 means DefaultRepeat; at
 	// least MinRepeat.
 	Repeat uint32
@@ -133,6 +143,9 @@ func (g *Generator) Run(ctx context.Context, o RunOptions) (RunStats, error) {
 	before, err := g.Offered()
 	if err != nil {
 		return RunStats{}, fmt.Errorf("generator: %w", err)
+	}
+	if err := g.objs.GenPace.Put(uint32(0), pace{Rate: o.Rate}); err != nil {
+		return RunStats{}, fmt.Errorf("generator: set rate: %w", err)
 	}
 	var st RunStats
 	err = bed.InNetns(o.Netns, func() error {

@@ -155,3 +155,39 @@ func TestGeneratorHosts(t *testing.T) {
 		t.Error("hosts past the low 16 bits: no error")
 	}
 }
+
+// TestGeneratorRate caps the generator at 200,000 frames/s for about a
+// second and checks that it offered about that many (the cap is a ceiling:
+// a slower kernel offers fewer).
+func TestGeneratorRate(t *testing.T) {
+	ns := privtest.Netns(t, "tlgenrate")
+	privtest.Run(t, "ip", "-n", ns, "link", "add", "gena", "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "genb", "numtxqueues", "1", "numrxqueues", "1")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "gena", "up")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "genb", "up")
+	sink, err := AttachSink(ns, "genb", 0, SinkXDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	g, err := NewGenerator(testSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	const rate = 200_000
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := g.Run(ctx, RunOptions{Netns: ns, Ifname: "gena", CPU: 0, Until: time.Now().Add(time.Second), Repeat: MinRepeat, Rate: rate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := float64(st.Offered) / st.Elapsed.Seconds()
+	counted, _ := sink.Count()
+	t.Logf("offered %d in %v: %.0f frames/s (cap %d); the sink counted %d", st.Offered, st.Elapsed.Round(time.Millisecond), got, rate, counted)
+	if got > rate*1.05 {
+		t.Errorf("offered %.0f frames/s over a cap of %d", got, rate)
+	}
+	if got < rate/4 {
+		t.Errorf("offered only %.0f frames/s under a cap of %d", got, rate)
+	}
+}

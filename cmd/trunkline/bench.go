@@ -16,6 +16,7 @@ func cmdBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("bench")
 	quick := fs.Bool("quick", false, "the smoke run, under a minute: throughput 64 B, service and latency against kernel and raw, 1 s each, one round")
 	repeat := fs.Int("repeat", bench.DefaultRepeat, "rounds; the dataplanes are interleaved in each and the medians and spreads reported")
+	rate := fs.Uint64("rate", 0, "cap the frames/s the generator offers in the frame scenarios (0: as fast as it can)")
 	dur := fs.Duration("duration", bench.DefaultDuration, "measured time of each measurement")
 	scenarios := fs.String("scenarios", strings.Join(bench.AllScenarios, ","), "scenarios to run (also given as arguments)")
 	dataplanes := fs.String("dataplanes", strings.Join(bench.AllDataplanes, ","), "dataplanes to compare (kernel is always measured)")
@@ -40,7 +41,7 @@ func cmdBench(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	o := bench.Options{Prefix: *prefix, AgentBinary: self, Duration: *dur, Repeat: *repeat, Quick: *quick, PerfDir: *perfDir, Progress: os.Stderr}
+	o := bench.Options{Prefix: *prefix, AgentBinary: self, Duration: *dur, Repeat: *repeat, Rate: *rate, Quick: *quick, PerfDir: *perfDir, Progress: os.Stderr}
 	o.Scenarios = splitList(*scenarios)
 	if len(named) > 0 {
 		o.Scenarios = named

@@ -51,6 +51,21 @@ struct {
 	__type(value, __u64);
 } gen_count SEC(".maps");
 
+// gen_pace paces the generator when rate is not 0: a frame goes out only
+// while fewer than rate × (time since the first frame) have, else it is
+// dropped uncounted. Written by the loader before each run.
+struct pace {
+	__u64 rate;     // frames per second; 0: as fast as the kernel sends
+	__u64 start_ns; // first frame of the run, 0 until then
+	__u64 sent;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pace);
+} gen_pace SEC(".maps");
+
 // sink_count[0]: bench frames seen; [1]: other frames passed.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -70,6 +85,16 @@ int gen_frame(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	if (data + MAX_HDR > data_end)
 		return XDP_ABORTED;
+	struct pace *pc = bpf_map_lookup_elem(&gen_pace, &key);
+	if (pc && pc->rate) {
+		__u64 now = bpf_ktime_get_ns();
+		if (!pc->start_ns)
+			pc->start_ns = now;
+		// In microseconds, so a long run at a high rate cannot overflow.
+		if (pc->sent >= (now - pc->start_ns) / 1000 * pc->rate / 1000000)
+			return XDP_DROP;
+		pc->sent++;
+	}
 
 	__u8 *p = data;
 #pragma unroll
