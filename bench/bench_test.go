@@ -204,7 +204,7 @@ func TestQuick(t *testing.T) {
 		}
 	}
 	for _, sc := range []string{Throughput, Service, Latency} {
-		for _, d := range []string{Raw, Kernel, "trunkline shared-core", "trunkline own-core"} {
+		for _, d := range []string{Raw, KernelRoute, Kernel, "trunkline shared-core", "trunkline own-core"} {
 			if !seen[sc+" "+d] {
 				t.Errorf("no %s result for %s (a dataplane that cannot run it is reported as not applicable)", sc, d)
 			}

@@ -36,7 +36,7 @@ func dataplanesFor(o Options) []dataplane {
 		switch name {
 		case Raw:
 			ds = append(ds, &rawPeer{})
-		case Kernel, KernelNft:
+		case KernelRoute, Kernel, KernelNft:
 			ds = append(ds, &kernelPeer{mode: name})
 		case XDPKernel:
 			ds = append(ds, &xdpKernelPeer{})
@@ -138,7 +138,7 @@ const nftMaxServices = 20000
 
 // kernelPeer is the node's kernel: tc-BPF VLAN pop/push on the trunk,
 // routing, and kube-proxy's ruleset in iptables (Kernel) or nftables
-// (KernelNft) mode.
+// (KernelNft) mode, or none (KernelRoute).
 type kernelPeer struct {
 	mode  string
 	rules *kernelRules
@@ -148,6 +148,9 @@ func (k *kernelPeer) name() string          { return k.mode }
 func (k *kernelPeer) placement() string     { return "" }
 func (k *kernelPeer) placementText() string { return fmt.Sprintf("napi cpu%d", napiCPU) }
 func (k *kernelPeer) notApplicable(c testCase) string {
+	if k.mode == KernelRoute && c.scenario != Throughput {
+		return "no kube-proxy rules: routes to pods, not to Services"
+	}
 	if k.mode == KernelNft && c.services > nftMaxServices {
 		return fmt.Sprintf("nftables mode cannot load %d Services in reasonable time on this kernel (an anonymous vmap per Service: 10,000 took 13–23 s, 75,000 took 16 minutes; kubernetes#139328)", c.services)
 	}
@@ -157,6 +160,9 @@ func (k *kernelPeer) notApplicable(c testCase) string {
 func (k *kernelPeer) up(_ context.Context, s *session) error { return s.b.EnableKernelPath() }
 
 func (k *kernelPeer) setServices(ctx context.Context, s *session, svcs []bed.Service) error {
+	if k.mode == KernelRoute {
+		return nil
+	}
 	r, err := installKernelRules(ctx, s, k.mode, svcs, k.rules)
 	if err != nil {
 		return fmt.Errorf("%s: load %d Services: %w", k.mode, len(svcs), err)

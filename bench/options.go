@@ -44,6 +44,9 @@ const (
 	Kernel = "kernel"
 	// KernelNft is Kernel with kube-proxy's nftables ruleset instead.
 	KernelNft = "kernel-nft"
+	// KernelRoute is Kernel without kube-proxy's rules: tc VLAN pop/push
+	// and routing only (no conntrack), for the frame scenarios.
+	KernelRoute = "kernel-route"
 	// XDPKernel is an in-kernel XDP program doing trunkline's work.
 	XDPKernel = "xdp-kernel"
 	// Trunkline is the agent, measured in both placements.
@@ -51,7 +54,7 @@ const (
 )
 
 // AllDataplanes in the order each round measures them.
-var AllDataplanes = []string{Raw, Kernel, KernelNft, XDPKernel, Trunkline}
+var AllDataplanes = []string{Raw, KernelRoute, Kernel, KernelNft, XDPKernel, Trunkline}
 
 // Placements of trunkline's worker.
 const (
@@ -161,7 +164,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Quick {
 		o.Scenarios = []string{Throughput, Service, Latency}
-		o.Dataplanes = []string{Raw, Kernel, Trunkline}
+		o.Dataplanes = []string{Raw, KernelRoute, Kernel, Trunkline}
 		o.Sizes, o.Duration, o.Repeat = []int{64}, time.Second, 1
 	}
 	if len(o.Scenarios) == 0 {

@@ -85,6 +85,9 @@ type Result struct {
 	RatioKernel    *float64 `json:"ratio_kernel"`
 	RatioXDPKernel *float64 `json:"ratio_xdp_kernel"`
 	RatioRaw       *float64 `json:"ratio_raw"`
+	// RatioKernelRoute compares with the kernel's routing alone (no
+	// kube-proxy rules, no conntrack), for the frame scenarios.
+	RatioKernelRoute *float64 `json:"ratio_kernel_route"`
 
 	// NAPICPUBusy (/proc/stat), NAPIThreadBusy and AgentBusy (thread run
 	// times; the agent's over all its threads), WorkerCPUBusy (the worker's
@@ -256,7 +259,7 @@ func (r Result) pointKey() testCase { return r.tc }
 
 // fillRatios sets the ratios against kernel, xdp-kernel and raw.
 func (rep *Report) fillRatios() {
-	ref := map[string]map[testCase]float64{Kernel: {}, XDPKernel: {}, Raw: {}}
+	ref := map[string]map[testCase]float64{Kernel: {}, XDPKernel: {}, Raw: {}, KernelRoute: {}}
 	for _, r := range rep.Results {
 		if f := r.Figure(); f != nil && *f > 0 && r.Placement == nil {
 			if m, ok := ref[r.Dataplane]; ok {
@@ -284,6 +287,9 @@ func (rep *Report) fillRatios() {
 		}
 		if v, ok := ref[Raw][r.pointKey()]; ok {
 			r.RatioRaw = rel(v)
+		}
+		if v, ok := ref[KernelRoute][r.pointKey()]; ok {
+			r.RatioKernelRoute = rel(v)
 		}
 	}
 }
@@ -313,10 +319,10 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "\n%s\n", scenarioTitle(sc))
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "point\tdataplane\tfigure\t[min–max]\t× kernel\t× xdp-kernel\t× raw\textra\t")
+		fmt.Fprintln(tw, "point\tdataplane\tfigure\t[min–max]\t× kernel\t× xdp-kernel\t× kernel-route\t× raw\textra\t")
 		for _, r := range rs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", pointText(r), r.Name(), figureText(r), spreadText(r),
-				ratio(r.RatioKernel), ratio(r.RatioXDPKernel), ratio(r.RatioRaw), extraText(r))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", pointText(r), r.Name(), figureText(r), spreadText(r),
+				ratio(r.RatioKernel), ratio(r.RatioXDPKernel), ratio(r.RatioKernelRoute), ratio(r.RatioRaw), extraText(r))
 		}
 		tw.Flush()
 	}

@@ -31,8 +31,11 @@ func ratioTarget(name string, match func(Result) bool, peer string, want float64
 			return "not measured", nil
 		}
 		v := r.RatioKernel
-		if peer == XDPKernel {
+		switch peer {
+		case XDPKernel:
 			v = r.RatioXDPKernel
+		case KernelRoute:
+			v = r.RatioKernelRoute
 		}
 		if v == nil {
 			return "no ratio (a side failed or was not measured)", nil
@@ -61,6 +64,8 @@ var (
 )
 
 var targets = []target{
+	{"throughput 64 B wire → pod, shared-core ≥ 0.63× kernel-route (the skeleton's)", ratioTarget("trunkline shared-core", tl64, KernelRoute, 0.63)},
+	{"throughput 64 B wire → pod, own-core ≥ 1.39× kernel-route (the skeleton's)", ratioTarget("trunkline own-core", tl64, KernelRoute, 1.39)},
 	{"throughput 64 B wire → pod, shared-core ≥ 1.0× kernel", ratioTarget("trunkline shared-core", tl64, Kernel, 1.0)},
 	{"throughput 64 B wire → pod, own-core ≥ 1.5× kernel", ratioTarget("trunkline own-core", tl64, Kernel, 1.5)},
 	{"throughput 64 B wire → pod, own-core ≥ 0.5× xdp-kernel", ratioTarget("trunkline own-core", tl64, XDPKernel, 0.5)},
