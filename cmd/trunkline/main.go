@@ -26,6 +26,10 @@ Usage:
   trunkline services [--socket PATH] [-o table|json]
   trunkline conntrack [--vip IP] [--pod IP] [--proto tcp|udp] [--limit N] [-o table|json]
   trunkline top    [--socket PATH] [--interval 1s]   live packets/s, bits/s, drops per interface and pod
+  trunkline install-cni [--src FILE] [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d] [--conflist FILE]
+                                  put the CNI plugin and its conflist on the host (atomic, idempotent)
+  trunkline uninstall-cni [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
+                                  remove them
   trunkline bed up [--pods N] [--prefix P] [--json]
                                   build the test bed (namespaces, veths, the VPC emulator)
   trunkline bed down [--prefix P] remove a bed
@@ -73,6 +77,10 @@ func dispatch(ctx context.Context, args []string, out io.Writer) error {
 		return cmdConntrack(ctx, rest, out)
 	case "top":
 		return cmdTop(ctx, rest, out)
+	case "install-cni":
+		return cmdInstallCNI(ctx, rest, out)
+	case "uninstall-cni":
+		return cmdUninstallCNI(ctx, rest, out)
 	case "bed":
 		return cmdBed(ctx, rest, out)
 	case "demo":
