@@ -141,6 +141,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if n := trunk.Attrs().NumRxQueues; n > 0 && cfg.Queues > n {
 		return fmt.Errorf("trunk %s has %d RX queues; config asks for queues: %d", cfg.Trunk, n, cfg.Queues)
 	}
+	if err := checkCapabilities(uint64(cfg.Queues) * uint64(cfg.UMEM.Frames) * uint64(cfg.UMEM.FrameSize)); err != nil {
+		return err
+	}
 	copy(a.nodeMAC[:], trunk.Attrs().HardwareAddr)
 	a.epoch = time.Now()
 	if a.ct, err = conntrack.New(conntrack.Options{MaxEntries: cfg.Conntrack.MaxEntries}); err != nil {
@@ -305,9 +308,10 @@ func (a *Agent) newWorker(q, trunkIndex int) (ws *workerState, err error) {
 	if ws.umem, err = xdp.NewUmem(xdp.UmemOptions{Frames: cfg.UMEM.Frames, FrameSize: cfg.UMEM.FrameSize}); err != nil {
 		return nil, err
 	}
+	built := ws // the named result is nil on an error return
 	defer func() {
 		if err != nil {
-			ws.close()
+			built.close()
 		}
 	}()
 	mode := xdp.BindAuto
