@@ -5,7 +5,7 @@ GOFLAGS  ?=
 LDFLAGS  := -s -w
 PKGS     := ./...
 
-.PHONY: all build deps kube-apiserver test test-short demo bench bench-quick generate lint clean sweep
+.PHONY: all build deps kube-apiserver test test-short demo bench bench-quick generate lint clean sweep image
 
 all: build
 
@@ -63,6 +63,14 @@ generate:
 lint:
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+
+# The container image (Dockerfile: the binaries of `make build`, built the
+# same way, on distroless static); needs a Docker engine, or DOCKER=podman.
+# deploy/ runs it: docs/install.md.
+image: IMAGE ?= trunkline/trunkline:latest
+image: DOCKER ?= docker
+image:
+	$(DOCKER) build -t $(IMAGE) .
 
 # Remove every bed this machine still has (after a crash).
 sweep: build
