@@ -41,7 +41,9 @@ Usage:
                                   in-kernel XDP program and a raw veth, side by side; scenarios:
                                   throughput service tcp latency cps scale (default all)
 
-Every command that touches the network needs root (CAP_NET_ADMIN, CAP_BPF).
+Every command that touches the network needs root. The agent alone needs
+CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_PERFMON, CAP_IPC_LOCK (and
+CAP_SYS_NICE for SCHED_FIFO workers): docs/configuration.md.
 `
 
 func main() {
