@@ -175,7 +175,7 @@ int sink(struct xdp_md *ctx)
 	return bench ? XDP_DROP : XDP_PASS;
 }
 
-#define TC_ACT_OK 0
+#define TC_ACT_UNSPEC (-1)
 #define TC_ACT_SHOT 2
 
 SEC("tc")
@@ -185,5 +185,8 @@ int sink_tc(struct __sk_buff *skb)
 	// in data is untagged, which is_bench_frame handles.
 	int bench = is_bench_frame((void *)(long)skb->data, (void *)(long)skb->data_end);
 	count(bench);
-	return bench ? TC_ACT_SHOT : TC_ACT_OK;
+	// Other frames go on to the interface's next programs (TCX_NEXT): a
+	// TC_ACT_OK here would end tc processing, and the bed's classic tc
+	// programs (the wire's tag pop) would never see them.
+	return bench ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }
