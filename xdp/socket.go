@@ -148,9 +148,10 @@ func NewSocket(u *Umem, o SocketOptions) (s *Socket, err error) {
 		return nil, fmt.Errorf("open AF_XDP socket: %w", err)
 	}
 	s = &Socket{fd: fd, umem: u, opts: o, fillWant: o.FillMin}
+	made := s // s is nil when an error is returned
 	defer func() {
 		if err != nil {
-			s.unmapRings()
+			made.unmapRings()
 			unix.Close(fd)
 		}
 	}()

@@ -214,3 +214,46 @@ func TestSharedUmemForwarding(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestSocketBindFailure binds a second UMEM's socket to a queue a socket
+// already holds: NewSocket must return an error (and undo its set-up), not
+// panic.
+func TestSocketBindFailure(t *testing.T) {
+	privtest.Require(t)
+	ns := privtest.Netns(t, fmt.Sprintf("tlxdpb%d", os.Getpid()))
+	privtest.Run(t, "ip", "-n", ns, "link", "add", "a1", "type", "veth", "peer", "name", "b1")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "a1", "up")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "b1", "up")
+	err := privtest.In(ns, func() error {
+		b1, err := netlink.LinkByName("b1")
+		if err != nil {
+			return err
+		}
+		o := SocketOptions{Ifindex: b1.Attrs().Index, RxSize: 64, TxSize: 64, FillSize: 64, CompSize: 64}
+		u1, err := NewUmem(UmemOptions{Frames: 256})
+		if err != nil {
+			return err
+		}
+		defer u1.Close()
+		s1, err := NewSocket(u1, o)
+		if err != nil {
+			return err
+		}
+		defer s1.Close()
+		u2, err := NewUmem(UmemOptions{Frames: 256})
+		if err != nil {
+			return err
+		}
+		defer u2.Close()
+		if s2, err := NewSocket(u2, o); err == nil {
+			s2.Close()
+			return fmt.Errorf("a second UMEM's socket bound to b1 queue 0, which another socket holds")
+		} else {
+			t.Logf("second bind: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
