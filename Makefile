@@ -5,7 +5,7 @@ GOFLAGS  ?=
 LDFLAGS  := -s -w
 PKGS     := ./...
 
-.PHONY: all build deps kube-apiserver test test-short demo bench bench-quick generate lint clean sweep image
+.PHONY: all build deps kube-apiserver kubectl test test-short demo bench bench-quick generate lint clean sweep image
 
 all: build
 
@@ -27,7 +27,7 @@ deps:
 # The whole suite: pure tests, dataplane tests over in-memory ports, and the
 # privileged tests on real namespaces (they refuse to skip when CI=true).
 # Each benchmark runs once so they keep compiling and running.
-test: build deps kube-apiserver
+test: build deps kube-apiserver kubectl
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 12m -p 1 $(PKGS)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=1x -timeout 5m $(PKGS)
@@ -38,6 +38,11 @@ test: build deps kube-apiserver
 # time on 2 cores, then cached).
 kube-apiserver:
 	$(GO) run ./internal/kubetest/cmd/build-apiserver
+
+# The kubectl the deploy tests dry-run the manifests with: the machine's, or
+# one built once from the module proxy (deploy/tools/kubectl) into bin/.
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || test -x $(BIN)/kubectl || (cd deploy/tools/kubectl && $(GO) build -o $(abspath $(BIN))/kubectl .)
 
 # Pure tests only (no root needed).
 test-short:
