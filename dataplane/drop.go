@@ -39,8 +39,9 @@ const (
 	// DropNoService: a packet steered to a Service frontend that has no
 	// such port or protocol.
 	DropNoService
-	// DropNATFragment: an IP fragment of a translated flow; fragments are
-	// not reassembled.
+	// DropNATFragment: an IP fragment of a translated flow, or a non-first
+	// fragment to a Service frontend (it carries no ports to find its
+	// flow by); fragments are not reassembled.
 	DropNATFragment
 	// DropSNATExhausted: no free SNAT port toward this remote address and
 	// port; only the new flow is dropped.
@@ -50,6 +51,10 @@ const (
 	// DropConntrackInvalid: a packet that cannot start a flow (a TCP
 	// segment other than SYN or ACK) for a flow the table does not know.
 	DropConntrackInvalid
+	// DropMartianSource: a frame from the VPC whose IPv4 source no host
+	// may have: 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 or the
+	// broadcast address.
+	DropMartianSource
 
 	NumDropReasons
 )
@@ -73,6 +78,7 @@ var dropNames = [NumDropReasons]string{
 	DropSNATExhausted:    "snat_exhausted",
 	DropConntrackFull:    "conntrack_full",
 	DropConntrackInvalid: "conntrack_invalid",
+	DropMartianSource:    "martian_source",
 }
 
 func (r DropReason) String() string {

@@ -45,6 +45,10 @@ const maxSNATTries = 1024
 // the socket: traffic to a Service frontend, or a reply to a translated
 // flow.
 func (w *Worker) natFromTrunk(d port.Desc, b []byte) {
+	if w.pkt.EtherType == packet.EtherTypeIPv4 && w.pkt.Status == packet.StatusOK && martian(w.pkt.Src) {
+		w.dropFrame(d, DropMartianSource)
+		return
+	}
 	if w.pkt.EtherType == packet.EtherTypeIPv4 && w.pkt.Status == packet.StatusOK && w.isICMPError() && w.natICMPError(d, b) {
 		return
 	}
@@ -61,6 +65,9 @@ func (w *Worker) wantsNAT(svcs *lb.Table) bool {
 	p := &w.pkt
 	if p.IPProto != lb.TCP && p.IPProto != lb.UDP {
 		return false
+	}
+	if p.Fragment && !p.FirstFragment && svcs.IsVIP(p.Dst) {
+		return true // no ports to find its flow by: nat drops it
 	}
 	if p.Dst == w.nodeIP && w.snatPorts.Contains(p.DstPort) {
 		return true

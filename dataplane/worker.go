@@ -154,6 +154,7 @@ type Worker struct {
 	rx      []port.Desc
 	drop    []port.Desc
 	ready   []int
+	round   uint64                 // rounds so far: rotates the service order
 	drops   [NumDropReasons]uint64 // this batch
 	pkt     packet.Parsed
 
@@ -172,6 +173,10 @@ type out struct {
 	q       []port.Desc
 	qBytes  uint64
 	touched bool
+	// heavy: the port's last batch was full (it is flooding or busy);
+	// served is the round that last received from it.
+	heavy  bool
+	served uint64
 }
 
 // ErrConfig is wrapped by New's errors.
@@ -387,12 +392,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			idle++
 			continue
 		}
-		full := false
-		for _, idx := range w.ready[:n] {
-			if w.receive(idx) == w.batch {
-				full = true
-			}
-		}
+		_, full := w.serve(w.ready[:n])
 		w.flushTouched()
 		if full {
 			idle = 0
@@ -417,12 +417,42 @@ func (w *Worker) Poll() int {
 		(<-w.ctl)()
 	}
 	n, _ := w.poller.Wait(w.ready, 0)
-	total := 0
-	for _, idx := range w.ready[:n] {
-		total += w.receive(idx)
-	}
+	total, _ := w.serve(w.ready[:n])
 	w.flushTouched()
 	return total
+}
+
+// serve receives one batch from each ready port, fairly: ports whose last
+// batch was not full go first, then the heavy ones, each group in an order
+// that rotates every round. Each batch is transmitted before the next port
+// is served, so when an output's TX ring is short of room the light
+// senders' frames get it first: a pod flooding the trunk (or another pod)
+// takes what the others leave and cannot starve them, and heavy senders
+// share what is left by turns. It returns the frames received and whether
+// any batch was full.
+func (w *Worker) serve(ready []int) (total int, full bool) {
+	n := len(ready)
+	if n == 0 {
+		return 0, false
+	}
+	w.round++
+	start := int(w.round % uint64(n))
+	for pass := range 2 {
+		heavy := pass == 1
+		for i := range n {
+			idx := ready[(start+i)%n]
+			o := w.ports[idx]
+			if o == nil || o.heavy != heavy || o.served == w.round {
+				continue
+			}
+			o.served = w.round
+			got := w.receive(idx)
+			o.heavy = got == w.batch
+			total += got
+			full = full || o.heavy
+		}
+	}
+	return total, full
 }
 
 func (w *Worker) flushAll() {
@@ -484,12 +514,11 @@ func (w *Worker) receive(idx int) int {
 	}
 	in.c.RxPackets.Add(uint64(n))
 	in.c.RxBytes.Add(bytes)
-	if d := len(w.drop); d > 0 { // dropped while processing this port's frames
-		in.c.Drops.Add(uint64(d))
-	}
 	w.counters.Batches.Add(1)
 	w.counters.Frames.Add(uint64(n))
-	w.transmit()
+	if d := w.transmit(); d > 0 { // this port's frames, dropped
+		in.c.Drops.Add(uint64(d))
+	}
 	took := time.Since(start)
 	w.counters.BatchSizes[bucket(BatchSizeBuckets[:], float64(n))].Add(1)
 	w.counters.BatchTimes[bucket(BatchTimeBuckets[:], took.Seconds())].Add(1)
@@ -497,8 +526,10 @@ func (w *Worker) receive(idx int) int {
 	return n
 }
 
-// transmit hands every queued frame of this batch to its port.
-func (w *Worker) transmit() {
+// transmit hands every queued frame of this batch to its port and releases
+// the batch's dropped frames; it returns how many were dropped (while
+// processing, or for want of TX room).
+func (w *Worker) transmit() int {
 	for _, idx := range w.touched {
 		o := w.ports[idx]
 		if len(o.q) == 0 {
@@ -516,7 +547,8 @@ func (w *Worker) transmit() {
 		o.c.TxBytes.Add(o.qBytes)
 		o.q, o.qBytes = o.q[:0], 0
 	}
-	if len(w.drop) > 0 {
+	dropped := len(w.drop)
+	if dropped > 0 {
 		w.memory.Release(w.drop)
 		w.drop = w.drop[:0]
 	}
@@ -526,6 +558,7 @@ func (w *Worker) transmit() {
 			w.drops[r] = 0
 		}
 	}
+	return dropped
 }
 
 func (w *Worker) dropFrame(d port.Desc, r DropReason) {
@@ -577,6 +610,10 @@ func (w *Worker) fromTrunk(tbl *vlan.Table, d port.Desc) {
 		w.dropFrame(d, r)
 		return
 	}
+	if p.EtherType == packet.EtherTypeIPv4 && martian(p.Src) {
+		w.dropFrame(d, DropMartianSource)
+		return
+	}
 	b = vlan.Pop(b)
 	d.Addr += vlan.TagLen
 	d.Len -= vlan.TagLen
@@ -614,6 +651,11 @@ func (w *Worker) checkL3() (DropReason, bool) {
 	}
 	return DropUnsupported, false
 }
+
+// martian reports whether src is an address no host may send from:
+// 0.0.0.0/8 (this network), 127.0.0.0/8 (loopback), 224.0.0.0/4
+// (multicast), 240.0.0.0/4 (reserved) and 255.255.255.255 (broadcast).
+func martian(src [4]byte) bool { return src[0] == 0 || src[0] == 127 || src[0] >= 224 }
 
 // fromPod: the source must be the pod's own; a frame to another local pod
 // goes straight across, anything else leaves on the trunk with the pod's tag.

@@ -6,6 +6,7 @@ package porttest
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,6 +79,9 @@ type Port struct {
 	// TxRoom bounds how many frames one Transmit takes (the TX ring's free
 	// room); 0 means no bound.
 	TxRoom int
+	// TxRing bounds how many frames Transmit holds until the next Flush
+	// sends them, as a TX ring of that size would; 0 means no bound.
+	TxRing int
 
 	mu      sync.Mutex
 	rx      []port.Desc
@@ -130,6 +134,9 @@ func (p *Port) Transmit(descs []port.Desc) int {
 	if p.TxRoom > 0 {
 		n = min(n, p.TxRoom)
 	}
+	if p.TxRing > 0 {
+		n = max(0, min(n, p.TxRing-len(p.txq)))
+	}
 	p.txq = append(p.txq, descs[:n]...)
 	return n
 }
@@ -157,11 +164,13 @@ func (p *Port) Sent() [][]byte {
 	return s
 }
 
-// Poller reports ports with injected frames. Index i is the port given to
-// Set(i, ...).
+// Poller reports ports with injected frames, in ascending index order (as
+// a poll(2) set lists its sockets in a fixed order). Index i is the port
+// given to Set(i, ...).
 type Poller struct {
 	mu    sync.Mutex
 	ports map[int]*Port
+	order []int // the keys of ports, ascending
 	wake  chan struct{}
 }
 
@@ -174,9 +183,14 @@ func (pl *Poller) Set(idx int, p *Port) {
 	defer pl.mu.Unlock()
 	if p == nil {
 		delete(pl.ports, idx)
-		return
+	} else {
+		pl.ports[idx] = p
 	}
-	pl.ports[idx] = p
+	pl.order = pl.order[:0]
+	for i := range pl.ports {
+		pl.order = append(pl.order, i)
+	}
+	slices.Sort(pl.order)
 }
 
 // Wait implements port.Poller. It polls every millisecond, since injected
@@ -197,8 +211,8 @@ func (pl *Poller) scan(ready []int) int {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	n := 0
-	for idx, p := range pl.ports {
-		if p.Pending() > 0 && n < len(ready) {
+	for _, idx := range pl.order {
+		if p := pl.ports[idx]; p.Pending() > 0 && n < len(ready) {
 			ready[n] = idx
 			n++
 		}
