@@ -28,17 +28,28 @@ func fragment(f []byte, offset uint16, more bool) []byte {
 // badInputCase is one row of the worker-level bad-input matrix; the e2e
 // matrix sends the same kinds of frames on the bed.
 type badInputCase struct {
-	name  string
-	from  func(r *natRig) *porttest.Port
+	name string
+	// from and to are port numbers: 0 the trunk, i pod i.
+	from  int
 	frame func(t testing.TB) []byte
-	// want is the drop reason, or "" when the frame is forwarded to to.
+	// want is the drop reason, or forwarded when the frame leaves on to.
 	want DropReason
-	to   func(r *natRig) *porttest.Port
+	to   int
 }
 
-func trunkPort(r *natRig) *porttest.Port { return r.trunk }
-func pod1Port(r *natRig) *porttest.Port  { return r.pods[0] }
-func pod2Port(r *natRig) *porttest.Port  { return r.pods[1] }
+const (
+	trunkPort = iota
+	pod1Port
+	pod2Port
+)
+
+// port returns port number i of the rig: 0 the trunk, i pod i.
+func (r *rig) port(i int) *porttest.Port {
+	if i == trunkPort {
+		return r.trunk
+	}
+	return r.pods[i-1]
+}
 
 const forwarded = NumDropReasons
 
@@ -58,22 +69,22 @@ func badInputCases() []badInputCase {
 		}
 	}
 	return []badInputCase{
-		{"martian 0.0.0.0 from the VPC", trunkPort, withSrc([4]byte{0, 0, 0, 0}), DropMartianSource, nil},
-		{"martian broadcast from the VPC", trunkPort, withSrc([4]byte{255, 255, 255, 255}), DropMartianSource, nil},
-		{"martian loopback from the VPC", trunkPort, withSrc([4]byte{127, 0, 0, 1}), DropMartianSource, nil},
-		{"martian multicast from the VPC", trunkPort, withSrc([4]byte{224, 0, 0, 5}), DropMartianSource, nil},
+		{"martian 0.0.0.0 from the VPC", trunkPort, withSrc([4]byte{0, 0, 0, 0}), DropMartianSource, 0},
+		{"martian broadcast from the VPC", trunkPort, withSrc([4]byte{255, 255, 255, 255}), DropMartianSource, 0},
+		{"martian loopback from the VPC", trunkPort, withSrc([4]byte{127, 0, 0, 1}), DropMartianSource, 0},
+		{"martian multicast from the VPC", trunkPort, withSrc([4]byte{224, 0, 0, 5}), DropMartianSource, 0},
 		{"martian source to a VIP", trunkPort, func(tb testing.TB) []byte {
 			return l4frame(tb, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: [4]byte{0, 0, 0, 0}, dstIP: vip, sport: 3333, dport: 80, udp: true})
-		}, DropMartianSource, nil},
+		}, DropMartianSource, 0},
 		{"0.0.0.0 from a pod", pod1Port, func(tb testing.TB) []byte {
 			return build(tb, frameSpec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: [4]byte{}, dstIP: vpcHost})
-		}, DropSpoofedSource, nil},
+		}, DropSpoofedSource, 0},
 		{"first fragment to a pod", trunkPort, func(tb testing.TB) []byte { return fragment(toPod2(tb), 0, true) }, forwarded, pod2Port},
 		{"non-first fragment to a pod", trunkPort, func(tb testing.TB) []byte { return fragment(toPod2(tb), 8, false) }, forwarded, pod2Port},
-		{"first fragment to a VIP", trunkPort, func(tb testing.TB) []byte { return fragment(udpToVIP(tb), 0, true) }, DropNATFragment, nil},
-		{"non-first fragment to a VIP", trunkPort, func(tb testing.TB) []byte { return fragment(udpToVIP(tb), 8, false) }, DropNATFragment, nil},
-		{"first fragment from a pod to a VIP", pod1Port, func(tb testing.TB) []byte { return fragment(podToVIP(tb), 0, true) }, DropNATFragment, nil},
-		{"non-first fragment from a pod to a VIP", pod1Port, func(tb testing.TB) []byte { return fragment(podToVIP(tb), 8, false) }, DropNATFragment, nil},
+		{"first fragment to a VIP", trunkPort, func(tb testing.TB) []byte { return fragment(udpToVIP(tb), 0, true) }, DropNATFragment, 0},
+		{"non-first fragment to a VIP", trunkPort, func(tb testing.TB) []byte { return fragment(udpToVIP(tb), 8, false) }, DropNATFragment, 0},
+		{"first fragment from a pod to a VIP", pod1Port, func(tb testing.TB) []byte { return fragment(podToVIP(tb), 0, true) }, DropNATFragment, 0},
+		{"non-first fragment from a pod to a VIP", pod1Port, func(tb testing.TB) []byte { return fragment(podToVIP(tb), 8, false) }, DropNATFragment, 0},
 		{"TTL 0", trunkPort, func(tb testing.TB) []byte {
 			f := toPod2(tb)
 			ip := packet.IPv4(f[18:])
@@ -84,22 +95,22 @@ func badInputCases() []badInputCase {
 			f := toPod2(tb)
 			f[18] = 0x44
 			return f
-		}, DropMalformed, nil},
+		}, DropMalformed, 0},
 		{"total length > frame", trunkPort, func(tb testing.TB) []byte {
 			f := toPod2(tb)
 			packet.IPv4(f[18:]).SetTotalLen(1500)
 			return f
-		}, DropMalformed, nil},
+		}, DropMalformed, 0},
 		{"total length < header", trunkPort, func(tb testing.TB) []byte {
 			f := toPod2(tb)
 			packet.IPv4(f[18:]).SetTotalLen(19)
 			return f
-		}, DropMalformed, nil},
+		}, DropMalformed, 0},
 		{"total length < frame (padding)", trunkPort, func(tb testing.TB) []byte { return append(toPod2(tb), make([]byte, 100)...) }, forwarded, pod2Port},
-		{"cut in the tag", trunkPort, func(tb testing.TB) []byte { return toPod2(tb)[:16] }, DropMalformed, nil},
+		{"cut in the tag", trunkPort, func(tb testing.TB) []byte { return toPod2(tb)[:16] }, DropMalformed, 0},
 		{"VID 4095", trunkPort, func(tb testing.TB) []byte {
 			return build(tb, frameSpec{src: gatewayMAC, dst: pods[1].MAC, tags: []uint16{4095}, srcIP: vpcHost, dstIP: pods[1].IP})
-		}, DropUnknownVID, nil},
+		}, DropUnknownVID, 0},
 	}
 }
 
@@ -107,7 +118,7 @@ func TestBadInputMatrix(t *testing.T) {
 	for _, tc := range badInputCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newNATRig(t, []lb.ServiceSpec{udpClusterIP()}, PortRange{61000, 61099})
-			from := tc.from(r)
+			from := r.port(tc.from)
 			if err := from.Inject(tc.frame(t)); err != nil {
 				t.Fatal(err)
 			}
@@ -117,7 +128,7 @@ func TestBadInputMatrix(t *testing.T) {
 				if len(drops) != 0 {
 					t.Errorf("drops %v, want the frame forwarded", drops)
 				}
-				if n := len(tc.to(r).Sent()); n != 1 {
+				if n := len(r.port(tc.to).Sent()); n != 1 {
 					t.Errorf("%d frames out, want 1", n)
 				}
 				return

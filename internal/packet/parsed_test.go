@@ -371,6 +371,64 @@ func decodeCases() []decodeCase {
 			frame: func(testing.TB) []byte { return nil },
 			want:  Parsed{Status: StatusTruncated},
 		},
+		{
+			name: "TTL 0 from 0.0.0.0",
+			frame: func(tb testing.TB) []byte {
+				ip := ip4(layers.IPProtocolUDP)
+				ip.TTL, ip.SrcIP = 0, []byte{0, 0, 0, 0}
+				return serialize(tb, eth(layers.EthernetTypeIPv4), ip, udp(1, 2))
+			},
+			want: Parsed{
+				Status: StatusOK, EtherType: EtherTypeIPv4, L3Off: 14,
+				IPProto: IPProtoUDP, IPHeaderLen: 20, IPTotalLen: 28, Dst: ipB,
+				L4Off: 34, SrcPort: 1, DstPort: 2,
+			},
+		},
+		{
+			name: "VID 4095",
+			frame: func(tb testing.TB) []byte {
+				return serialize(tb, eth(layers.EthernetTypeDot1Q), dot1q(4095, 0, layers.EthernetTypeIPv4),
+					ip4(layers.IPProtocolUDP), udp(1, 2))
+			},
+			want: Parsed{
+				Status: StatusOK, Tags: 1, VID: 4095, EtherType: EtherTypeIPv4, L3Off: 18,
+				IPProto: IPProtoUDP, IPHeaderLen: 20, IPTotalLen: 28, Src: ipA, Dst: ipB,
+				L4Off: 38, SrcPort: 1, DstPort: 2,
+			},
+		},
+		{
+			name: "padding after total length",
+			frame: func(tb testing.TB) []byte {
+				f := serialize(tb, eth(layers.EthernetTypeIPv4), ip4(layers.IPProtocolUDP), udp(1, 2))
+				return append(f, make([]byte, 100)...)
+			},
+			want: Parsed{
+				Status: StatusOK, EtherType: EtherTypeIPv4, L3Off: 14,
+				IPProto: IPProtoUDP, IPHeaderLen: 20, IPTotalLen: 28, Src: ipA, Dst: ipB,
+				L4Off: 34, SrcPort: 1, DstPort: 2,
+			},
+		},
+		{
+			name: "cut inside the tag",
+			frame: func(tb testing.TB) []byte {
+				return serialize(tb, eth(layers.EthernetTypeDot1Q), dot1q(100, 0, layers.EthernetTypeIPv4),
+					ip4(layers.IPProtocolUDP), udp(1, 2))[:16]
+			},
+			want: Parsed{Status: StatusTruncated, EtherType: EtherTypeVLAN},
+		},
+		{
+			name: "first fragment too short for its UDP header",
+			frame: func(tb testing.TB) []byte {
+				ip := ip4(layers.IPProtocolUDP)
+				ip.Flags = layers.IPv4MoreFragments
+				return serialize(tb, eth(layers.EthernetTypeIPv4), ip, payload(4))
+			},
+			want: Parsed{
+				Status: StatusTruncated, EtherType: EtherTypeIPv4, L3Off: 14,
+				IPProto: IPProtoUDP, IPHeaderLen: 20, IPTotalLen: 24, Src: ipA, Dst: ipB,
+				Fragment: true, FirstFragment: true, L4Off: 34,
+			},
+		},
 	}
 }
 
