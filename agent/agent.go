@@ -68,6 +68,12 @@ type Agent struct {
 
 	cniRequests *prometheus.HistogramVec
 
+	saveMu      sync.Mutex // serialises writes of the state file; guards stateClosed
+	stateClosed bool       // the shutdown snapshot is written
+	stateMu     sync.Mutex // guards pending and stateStats
+	pending     *pendingState
+	stateStats  StateStats
+
 	ready     atomic.Bool
 	readyOnce sync.Once
 	readyCh   chan struct{} // closed once the agent first becomes ready
@@ -159,6 +165,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	a.services.Store(svcs)
 	a.svcCfgs = cfg.Services
+	if cfg.StateFile != "off" {
+		// Before any worker takes a packet.
+		a.restoreState(svcs)
+	}
 	if a.progs, err = xdp.LoadPrograms(); err != nil {
 		return err
 	}
@@ -226,9 +236,25 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return srv.Shutdown(sctx)
 	})
 
+	if cfg.StateFile != "off" {
+		// Runs once the workers have stopped (cleanups run in reverse).
+		cleanup = append(cleanup, func() error {
+			start := time.Now()
+			if err := a.saveState(true); err != nil {
+				a.log.Error("state not saved: a restarted agent starts with an empty connection table", "err", err)
+				return nil
+			}
+			st := a.stateSnapshot()
+			a.log.Info("state saved", "file", cfg.StateFile, "connections", st.LastConnections, "bytes", st.LastBytes, "took", time.Since(start).Round(time.Microsecond))
+			return nil
+		})
+	}
 	wctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
 	go a.expireConntrack(wctx)
+	if cfg.StateFile != "off" {
+		go a.snapshotState(wctx)
+	}
 	failed := make(chan error, len(a.workers)) // the first worker to fail
 	for i, ws := range a.workers {
 		cpu := -1

@@ -121,6 +121,9 @@ type Stats struct {
 	Drops      map[string]uint64 `json:"drops"`
 	UMEM       []UMEMStats       `json:"umem"`
 	Workers    []WorkerStats     `json:"workers"`
+	// State is what the agent restored from its state file and how its
+	// snapshots go.
+	State StateStats `json:"state"`
 }
 
 // Status is the answer of GET /v1/status.
@@ -140,7 +143,7 @@ type Status struct {
 // Stats collects every counter. Frame accounting is read on each worker's
 // goroutine, between batches.
 func (a *Agent) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}}
+	st := Stats{Drops: map[string]uint64{}, State: a.stateSnapshot()}
 	if a.ct != nil {
 		cs := a.ct.Stats()
 		st.Conntrack = ConntrackStats{Entries: cs.Entries, MaxEntries: cs.MaxEntries, Inserts: cs.Inserts,

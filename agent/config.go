@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -80,6 +81,15 @@ type Config struct {
 	// RegistryFile persists the registered pods across agent restarts
 	// (default /var/lib/trunkline/registry.json).
 	RegistryFile string `yaml:"registryFile"`
+	// StateFile keeps the connection table, session affinities and SNAT
+	// ports across agent restarts: written at SIGTERM and every
+	// StateInterval, read at start before traffic is taken (default
+	// trunkline.state next to RegistryFile; "off": start empty every time).
+	StateFile string `yaml:"stateFile"`
+	// StateInterval is how often the state file is written while the
+	// agent runs, bounding what a crash loses (default 5s; "off": only at
+	// SIGTERM).
+	StateInterval string `yaml:"stateInterval"`
 	// NonMasqueradeCIDRs are the VPC's prefixes. When set, pods' TCP and
 	// UDP traffic to anywhere else is masqueraded: SNATed to nodeIP and
 	// sent untagged, as the node's own traffic. Empty: no masquerade.
@@ -166,6 +176,8 @@ type settings struct {
 	nonMasq    []netip.Prefix
 	snatLo     uint16
 	snatHi     uint16
+	// stateInterval is StateInterval; 0 for off.
+	stateInterval time.Duration
 }
 
 type podSettings struct {
@@ -219,6 +231,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.SNATPorts == "" {
 		c.SNATPorts = "61000-65000"
+	}
+	if c.StateFile == "" {
+		c.StateFile = filepath.Join(filepath.Dir(c.RegistryFile), "trunkline.state")
+	}
+	if c.StateInterval == "" {
+		c.StateInterval = "5s"
 	}
 	if c.UMEM.PodFill == 0 {
 		c.UMEM.PodFill = 256
@@ -284,6 +302,13 @@ func (c Config) validate() (settings, error) {
 	}
 	if c.UMEM.Frames < 4*trunkRing || c.UMEM.Frames > 1<<20 {
 		bad("umem.frames", "%d: want %d..1048576", c.UMEM.Frames, 4*trunkRing)
+	}
+	if c.StateInterval != "off" {
+		if d, err := time.ParseDuration(c.StateInterval); err != nil || d < 100*time.Millisecond || d > time.Hour {
+			bad("stateInterval", "%q: want a duration from 100ms to 1h (such as 5s), or off", c.StateInterval)
+		} else {
+			s.stateInterval = d
+		}
 	}
 	if c.UMEM.PodFill < 8 || c.UMEM.PodFill > podRing {
 		bad("umem.podFill", "%d: want 8..%d", c.UMEM.PodFill, podRing)

@@ -50,6 +50,13 @@ var (
 	descSvcPackets  = prometheus.NewDesc("trunkline_service_packets_total", "Packets of a Service port's translated flows, both directions.", []string{"service"}, nil)
 	descSvcConns    = prometheus.NewDesc("trunkline_service_new_connections_total", "New flows to a Service port.", []string{"service"}, nil)
 	descBatchSize   = prometheus.NewDesc("trunkline_worker_batch_frames", "Frames per receive batch.", []string{"queue"}, nil)
+	descRestored    = prometheus.NewDesc("trunkline_state_restored_total", "Connections and session affinities taken back from the state file at start, by kind (connection, affinity).", []string{"kind"}, nil)
+	descRestoreDrop = prometheus.NewDesc("trunkline_state_restore_dropped_total", "Saved connections not taken back, by reason (expired, service, frontend, backend, snatPort, masquerade, exists, full, affinity).", []string{"reason"}, nil)
+	descRefused     = prometheus.NewDesc("trunkline_state_file_refused", "1 when the state file found at start was damaged, truncated or of another version and the agent started empty.", nil, nil)
+	descSnapshots   = prometheus.NewDesc("trunkline_state_snapshots_total", "State file writes, periodic and at shutdown.", nil, nil)
+	descSnapErrors  = prometheus.NewDesc("trunkline_state_snapshot_errors_total", "State file writes that failed.", nil, nil)
+	descSnapSeconds = prometheus.NewDesc("trunkline_state_snapshot_seconds", "How long the last state file write took.", nil, nil)
+	descSnapBytes   = prometheus.NewDesc("trunkline_state_snapshot_bytes", "Size of the last state file written.", nil, nil)
 	descBatchTime   = prometheus.NewDesc("trunkline_worker_batch_seconds", "Time to process a receive batch, from receive to transmit.", []string{"queue"}, nil)
 )
 
@@ -84,7 +91,8 @@ func (a *Agent) timed(op string, h http.HandlerFunc) http.HandlerFunc {
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortDrops, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
 		descRejects, descRemaps, descCTEntries, descSNATInUse, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
-		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime, descSvcPackets, descSvcConns} {
+		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime, descSvcPackets, descSvcConns,
+		descRestored, descRestoreDrop, descRefused, descSnapshots, descSnapErrors, descSnapSeconds, descSnapBytes} {
 		ch <- d
 	}
 }
@@ -126,6 +134,21 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descCTFull, st.Conntrack.InsertFull)
 	counter(descCTEarly, st.Conntrack.EarlyDrops)
 	counter(descCTExpired, st.Conntrack.Expirations)
+	counter(descRestored, uint64(st.State.Restored), "connection")
+	counter(descRestored, uint64(st.State.RestoredAffinity), "affinity")
+	for r, n := range st.State.Dropped {
+		counter(descRestoreDrop, uint64(n), r)
+	}
+	counter(descRestoreDrop, uint64(st.State.AffinityDropped), "affinity")
+	refused := 0.0
+	if st.State.Refused != "" {
+		refused = 1
+	}
+	gauge(descRefused, refused)
+	counter(descSnapshots, st.State.Snapshots)
+	counter(descSnapErrors, st.State.SnapshotErrors)
+	gauge(descSnapSeconds, st.State.LastSeconds)
+	gauge(descSnapBytes, float64(st.State.LastBytes))
 	for _, u := range st.UMEM {
 		q := strconv.Itoa(u.Queue)
 		gauge(descUMEM, float64(u.Free), q, "free")

@@ -48,6 +48,7 @@ func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
 	}
 	old := a.services.Swap(t)
 	a.svcCfgs = slices.Clone(cfgs)
+	a.adoptPending(t)
 	for _, id := range freed {
 		for _, ws := range a.workers {
 			ws.w.ResetService(id)

@@ -96,3 +96,21 @@ func (a *Affinity) Len() int {
 	}
 	return n
 }
+
+// Range calls fn with each remembered client, the backend it was given and
+// when that expires (ns on the caller's clock), until fn returns false. It
+// holds one shard's lock at a time, during fn: fn must not call back into
+// the table.
+func (a *Affinity) Range(fn func(service uint32, client [4]byte, b Backend, expires int64) bool) {
+	for i := range a.shards {
+		s := &a.shards[i]
+		s.mu.Lock()
+		for k, e := range s.m {
+			if !fn(k.service, k.client, e.backend, e.expires) {
+				s.mu.Unlock()
+				return
+			}
+		}
+		s.mu.Unlock()
+	}
+}

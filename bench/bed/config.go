@@ -46,6 +46,7 @@ func (b *Bed) agentConfig() string {
 		fmt.Fprintf(&s, "  - {vlan: %d, ip: %s, mac: %q}\n", br.VLAN, br.IP, br.MAC.String())
 	}
 	fmt.Fprintf(&s, "nonMasqueradeCIDRs: [%s]\n", vpcPrefix)
+	fmt.Fprintf(&s, "stateFile: %s\n", yamlString(filepath.Join(b.Dir(), "trunkline.state")))
 	fmt.Fprintf(&s, "services:\n")
 	for _, sv := range b.Services {
 		fmt.Fprintf(&s, "  - name: %s\n", yamlString(sv.Name))
