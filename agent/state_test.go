@@ -426,3 +426,65 @@ func FuzzDecodeState(f *testing.F) {
 		}
 	})
 }
+
+// fillFlows puts n established TCP flows to web's ClusterIP into a table
+// of a's of n entries.
+func fillFlows(b *testing.B, a *Agent, n int) {
+	b.Helper()
+	var err error
+	if a.ct, err = conntrack.New(conntrack.Options{MaxEntries: n}); err != nil {
+		b.Fatal(err)
+	}
+	web := a.service(b, "default/web")
+	now := a.now()
+	for i := range n {
+		c := [4]byte{10, 100, byte(i >> 16), byte(i >> 8)}
+		port := uint16(1024 + i&0xff)
+		conn := conntrack.Conn{
+			Orig:      conntrack.Key{SrcIP: c, DstIP: webVIP, SrcPort: port, DstPort: 80, Proto: conntrack.ProtoTCP},
+			Reply:     conntrack.Key{SrcIP: web.Backends[0].IP, DstIP: c, SrcPort: 8080, DstPort: port, Proto: conntrack.ProtoTCP},
+			ServiceID: web.ID,
+		}
+		if res, _ := a.ct.Insert(conn, conntrack.TCPFlagACK, now); !res.OK() {
+			b.Fatalf("insert %d: %v", i, res)
+		}
+	}
+}
+
+// BenchmarkStateSave writes the state file of a table of 1M connections
+// (workers would keep running).
+func BenchmarkStateSave(b *testing.B) {
+	a := stateAgent(b, b.TempDir(), nil)
+	fillFlows(b, a, 1<<20)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		a.stateClosed = false
+		if err := a.saveState(false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(a.stateSnapshot().LastBytes), "bytes/file")
+}
+
+// BenchmarkStateRestore reads it back into an empty table.
+func BenchmarkStateRestore(b *testing.B) {
+	dir := b.TempDir()
+	a := stateAgent(b, dir, nil)
+	fillFlows(b, a, 1<<20)
+	if err := a.saveState(true); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		fresh := stateAgent(b, dir, nil)
+		fresh.ct, _ = conntrack.New(conntrack.Options{MaxEntries: 1 << 20})
+		b.StartTimer()
+		fresh.restoreState(fresh.services.Load())
+		if st := fresh.stateSnapshot(); st.Restored != 1<<20 {
+			b.Fatalf("restored %+v", st)
+		}
+	}
+}

@@ -666,8 +666,10 @@ func (t *Table) Expire(now Time, budget int) (removed int) {
 }
 
 // each calls fn with a consistent copy of every connection in the table,
-// expired or not, with no lock held, until fn returns false.
+// expired or not, with no lock held, until fn returns false. The copy is
+// overwritten after fn returns.
 func (t *Table) each(fn func(si uint32, st uint64, c *Conn) bool) {
+	var c Conn // reused: fn must not keep the pointer
 	for i := range t.slots {
 		sl := &t.slots[i]
 		st := sl.st.Load()
@@ -680,7 +682,6 @@ func (t *Table) each(fn func(si uint32, st uint64, c *Conn) bool) {
 		} else {
 			st = st2
 		}
-		var c Conn
 		t.fill(&c, &w, st)
 		if !fn(uint32(i), st, &c) {
 			return
