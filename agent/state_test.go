@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/trunkline/trunkline/lb"
 	"github.com/trunkline/trunkline/lb/conntrack"
 )
@@ -486,5 +487,43 @@ func BenchmarkStateRestore(b *testing.B) {
 		if st := fresh.stateSnapshot(); st.Restored != 1<<20 {
 			b.Fatalf("restored %+v", st)
 		}
+	}
+}
+
+func TestStateMetrics(t *testing.T) {
+	dir := t.TempDir()
+	old := stateAgent(t, dir, nil)
+	flows(t, old)
+	old.saveState(true)
+	fresh := stateAgent(t, dir, func(c *Config) { c.Services[0].Backends = []string{"pod1"} })
+	fresh.restoreState(fresh.services.Load())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{fresh})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "," + l.GetName() + "=" + l.GetValue()
+			}
+			got[name] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	for name, want := range map[string]float64{
+		"trunkline_state_restored_total,kind=connection":       3,
+		"trunkline_state_restored_total,kind=affinity":         1,
+		"trunkline_state_restore_dropped_total,reason=backend": 1,
+		"trunkline_state_file_refused":                         0,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (%v), want %v", name, v, ok, want)
+		}
+	}
+	if st := fresh.Stats().State; st.Restored != 3 || st.Dropped["backend"] != 1 {
+		t.Errorf("/v1/stats state: %+v", st)
 	}
 }
