@@ -88,15 +88,17 @@ func plan(o Options, nBed int) map[int][]testCase {
 	if o.wants(Scale) && o.AgentBinary != "" {
 		scalePPS := testCase{scenario: Scale, metric: metricPPS, direction: WireToPod, size: 64, flows: ManyFlows, vip: true}
 		scaleCPS := testCase{scenario: Scale, metric: metricCPS}
-		for _, n := range o.ScaleServices {
-			for _, c := range []testCase{scalePPS, scaleCPS} {
-				c.services = n
-				add(c)
-			}
-		}
+		// Pods first: each bed's first points show the agent's memory
+		// before many Services or flows have been loaded into it.
 		for _, n := range o.ScalePods {
 			for _, c := range []testCase{scalePPS, scaleCPS} {
 				c.pods = n
+				add(c)
+			}
+		}
+		for _, n := range o.ScaleServices {
+			for _, c := range []testCase{scalePPS, scaleCPS} {
+				c.services = n
 				add(c)
 			}
 		}
