@@ -61,6 +61,11 @@ type FrameSpec struct {
 	// (n/Flows)%Hosts, so Flows×Hosts frames are distinct flows. 0 means
 	// 1; the addresses must differ only in their low 16 bits.
 	Hosts int
+	// TCPSYN makes the frames TCP SYNs (a 20-byte header, no payload: the
+	// IPv4 packet is 40 bytes and the frame is padded to Bytes) instead of
+	// UDP; their TCP checksum is kept valid as the source port and address
+	// vary. DstPort and the source ports are then TCP ports.
+	TCPSYN bool
 }
 
 func (s FrameSpec) withDefaults() (FrameSpec, error) {
@@ -105,13 +110,22 @@ func (s FrameSpec) withDefaults() (FrameSpec, error) {
 }
 
 // headerLen is the length of the Ethernet, 802.1Q (when tagged), IPv4 and
-// UDP headers: the part of the frame the generator rewrites on every run.
+// UDP (or TCP) headers: the part of the frame the generator rewrites on
+// every run.
 func (s FrameSpec) headerLen() int {
-	n := 14 + 20 + 8
-	if s.VLAN != 0 {
-		n += 4
+	n := s.l3Off() + 20 + 8
+	if s.TCPSYN {
+		n += 12
 	}
 	return n
+}
+
+// l3Off is the offset of the IPv4 header.
+func (s FrameSpec) l3Off() int {
+	if s.VLAN != 0 {
+		return 14 + 4
+	}
+	return 14
 }
 
 // Frame builds the frame (source port SrcPortBase) with gopacket: valid IPv4
@@ -121,6 +135,9 @@ func (s FrameSpec) Frame() ([]byte, error) {
 	s, err := s.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if s.TCPSYN {
+		return s.synFrame()
 	}
 	payload := make([]byte, s.Bytes-s.headerLen())
 	eth := &layers.Ethernet{SrcMAC: s.SrcMAC, DstMAC: s.DstMAC, EthernetType: layers.EthernetTypeIPv4}
@@ -153,6 +170,38 @@ func (s FrameSpec) Frame() ([]byte, error) {
 	l3 := s.headerLen() - 28
 	putIPv4Checksum(f[l3 : l3+20])
 	return f, nil
+}
+
+// synFrame builds the TCP SYN frame (source port SrcPortBase) with
+// gopacket, checksums computed, padded with zeros to s.Bytes.
+func (s FrameSpec) synFrame() ([]byte, error) {
+	eth := &layers.Ethernet{SrcMAC: s.SrcMAC, DstMAC: s.DstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{
+		Version:  4,
+		IHL:      5,
+		TTL:      64,
+		Protocol: layers.IPProtocolTCP,
+		Flags:    layers.IPv4DontFragment,
+		SrcIP:    s.SrcIP.AsSlice(),
+		DstIP:    s.DstIP.AsSlice(),
+	}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(s.SrcPortBase), DstPort: layers.TCPPort(s.DstPort), SYN: true, Seq: 1, Window: 64240}
+	tcp.SetNetworkLayerForChecksum(ip)
+	ls := []gopacket.SerializableLayer{eth}
+	if s.VLAN != 0 {
+		eth.EthernetType = layers.EthernetTypeDot1Q
+		ls = append(ls, &layers.Dot1Q{VLANIdentifier: s.VLAN, Type: layers.EthernetTypeIPv4})
+	}
+	ls = append(ls, ip, tcp)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		return nil, fmt.Errorf("build frame: %w", err)
+	}
+	f := append([]byte(nil), buf.Bytes()...) // padded to 60 bytes by gopacket
+	if len(f) > s.Bytes {
+		return nil, fmt.Errorf("build frame: %d bytes, want at most %d", len(f), s.Bytes)
+	}
+	return append(f, make([]byte, s.Bytes-len(f))...), nil
 }
 
 // putIPv4Checksum fills in the checksum of a 20-byte IPv4 header.

@@ -34,6 +34,7 @@ const (
 	genVarHdr       = "hdr"
 	genVarHdrLen    = "hdr_len"
 	genVarHosts     = "hosts"
+	genVarL4csumOff = "l4csum_off"
 	genVarSaddrOff  = "saddr_off"
 	genVarSinkDport = "sink_dport"
 	genVarSportBase = "sport_base"
@@ -104,6 +105,7 @@ type genVariableSpecs struct {
 	Hdr       *ebpf.VariableSpec `ebpf:"hdr"`
 	HdrLen    *ebpf.VariableSpec `ebpf:"hdr_len"`
 	Hosts     *ebpf.VariableSpec `ebpf:"hosts"`
+	L4csumOff *ebpf.VariableSpec `ebpf:"l4csum_off"`
 	SaddrOff  *ebpf.VariableSpec `ebpf:"saddr_off"`
 	SinkDport *ebpf.VariableSpec `ebpf:"sink_dport"`
 	SportBase *ebpf.VariableSpec `ebpf:"sport_base"`
@@ -151,6 +153,7 @@ type genVariables struct {
 	Hdr       *ebpf.Variable `ebpf:"hdr"`
 	HdrLen    *ebpf.Variable `ebpf:"hdr_len"`
 	Hosts     *ebpf.Variable `ebpf:"hosts"`
+	L4csumOff *ebpf.Variable `ebpf:"l4csum_off"`
 	SaddrOff  *ebpf.Variable `ebpf:"saddr_off"`
 	SinkDport *ebpf.Variable `ebpf:"sink_dport"`
 	SportBase *ebpf.Variable `ebpf:"sport_base"`

@@ -62,17 +62,22 @@ func NewGenerator(s FrameSpec) (*Generator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generator: %w", err)
 	}
-	var hdr [46]byte
-	n := s.headerLen()
+	var hdr [58]byte
+	n, l3 := s.headerLen(), s.l3Off()
 	copy(hdr[:], frame[:n])
+	l4csum := uint32(0) // UDP: checksum 0, none to keep
+	if s.TCPSYN {
+		l4csum = uint32(l3 + 20 + 16)
+	}
 	for name, v := range map[string]any{
 		"hdr":        hdr,
 		"hdr_len":    uint32(n),
-		"sport_off":  uint32(n - 8),
+		"sport_off":  uint32(l3 + 20),
+		"l4csum_off": l4csum,
 		"sport_base": s.SrcPortBase,
 		"flows":      uint16(s.Flows),
 		"hosts":      uint32(s.Hosts),
-		"saddr_off":  uint32(n - 28 + 12),
+		"saddr_off":  uint32(l3 + 12),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("generator: set %s: %w", name, err)

@@ -191,3 +191,94 @@ func TestGeneratorRate(t *testing.T) {
 		t.Errorf("offered only %.0f frames/s under a cap of %d", got, rate)
 	}
 }
+
+// tcpChecksumOK reports whether the TCP checksum of the IPv4 packet in p
+// verifies.
+func tcpChecksumOK(t *testing.T, p gopacket.Packet) bool {
+	t.Helper()
+	ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if ip == nil || tcp == nil {
+		t.Fatalf("no IPv4/TCP in %v", p)
+	}
+	seg := append(append([]byte(nil), tcp.Contents...), tcp.Payload...)
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(ip.SrcIP.To4())
+	add(ip.DstIP.To4())
+	sum += 6 + uint32(len(seg))
+	add(seg)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return sum == 0xffff
+}
+
+func TestSYNFrame(t *testing.T) {
+	for _, vlan := range []uint16{0, 101} {
+		s := testSpec
+		s.Bytes, s.VLAN, s.TCPSYN, s.DstPort = 64, vlan, true, 5201
+		f, err := s.Frame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(f) != 64 {
+			t.Errorf("vlan %d: %d bytes, want 64", vlan, len(f))
+		}
+		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+		ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		if ip == nil || tcp == nil || ip.Length != 40 || !tcp.SYN || tcp.ACK || tcp.DstPort != 5201 || tcp.SrcPort != DefaultSrcPortBase {
+			t.Fatalf("vlan %d: not a bare SYN to 5201: %v", vlan, p)
+		}
+		if !tcpChecksumOK(t, p) {
+			t.Errorf("vlan %d: TCP checksum wrong", vlan)
+		}
+	}
+}
+
+// TestGeneratorSYN runs the program on its frame and checks that the TCP
+// checksum stays valid as source ports and addresses vary.
+func TestGeneratorSYN(t *testing.T) {
+	privtest.Require(t)
+	for _, vlan := range []uint16{0, 101} {
+		s := testSpec
+		s.VLAN, s.TCPSYN, s.DstPort = vlan, true, 5201
+		s.SrcIP, s.Flows, s.Hosts = netip.MustParseAddr("10.100.128.250"), 3, 9
+		g, err := NewGenerator(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for n := range 30 {
+			out := make([]byte, len(g.frame))
+			if _, err := g.objs.GenFrame.Run(&ebpf.RunOptions{Data: g.frame, DataOut: out}); err != nil {
+				t.Fatal(err)
+			}
+			p := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+			ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+			tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+			if ip == nil || tcp == nil || !tcp.SYN {
+				t.Fatalf("vlan %d frame %d: %v", vlan, n, p)
+			}
+			if got, want := ip.Checksum, checksumOf(t, ip); got != want {
+				t.Errorf("vlan %d frame %d: IPv4 checksum %#04x, want %#04x", vlan, n, got, want)
+			}
+			if !tcpChecksumOK(t, p) {
+				t.Errorf("vlan %d frame %d (%v:%d): TCP checksum wrong", vlan, n, ip.SrcIP, tcp.SrcPort)
+			}
+			seen[ip.SrcIP.String()+":"+tcp.SrcPort.String()] = true
+		}
+		if len(seen) != 27 {
+			t.Errorf("vlan %d: %d distinct flows in 30 frames, want 27", vlan, len(seen))
+		}
+		g.Close()
+	}
+}

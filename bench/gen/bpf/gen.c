@@ -24,19 +24,23 @@
 #define VLAN_HLEN 4
 #define IP_HLEN 20
 #define UDP_HLEN 8
+#define TCP_HLEN 20
 #define ETH_P_IP 0x0800
 #define ETH_P_8021Q 0x8100
 #define IPPROTO_UDP 17
 
-// The longest header template: Ethernet + 802.1Q + IPv4 + UDP.
-#define MAX_HDR (ETH_HLEN + VLAN_HLEN + IP_HLEN + UDP_HLEN)
+// The longest header template: Ethernet + 802.1Q + IPv4 + TCP.
+#define MAX_HDR (ETH_HLEN + VLAN_HLEN + IP_HLEN + TCP_HLEN)
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 // Set by the loader before the programs are loaded.
 volatile const __u8 hdr[MAX_HDR];   // header template, hdr_len bytes used
-volatile const __u32 hdr_len = MAX_HDR; // 42 untagged, 46 tagged
-volatile const __u32 sport_off = MAX_HDR - UDP_HLEN; // UDP source port offset in hdr
+volatile const __u32 hdr_len = MAX_HDR; // UDP: 42 untagged, 46 tagged; TCP: 54, 58
+volatile const __u32 sport_off = MAX_HDR - TCP_HLEN; // L4 source port offset in hdr
+// l4csum_off is the offset in hdr of an L4 checksum kept valid as the
+// source port and address vary (TCP), 0 for none (UDP: checksum 0).
+volatile const __u32 l4csum_off = 0;
 volatile const __u16 sport_base = 1024;
 volatile const __u16 flows = 1;     // distinct source ports, >= 1
 volatile const __u32 hosts = 1;     // distinct source addresses, 1..65536
@@ -112,6 +116,8 @@ int gen_frame(struct xdp_md *ctx)
 	if ((void *)(sp + 1) > data_end)
 		return XDP_ABORTED;
 	*sp = bpf_htons(sport);
+	// The L4 checksum's change (RFC 1624: HC' = ~(~HC + ~m + m')).
+	__u32 l4sum = (__u16)~sport_base + (__u32)sport;
 	if (hosts > 1) {
 		// Source address (n/flows)%hosts above the template's, whose low 16
 		// bits leave room, and the IPv4 checksum updated to match (RFC 1624:
@@ -130,6 +136,19 @@ int gen_frame(struct xdp_md *ctx)
 		sum = (sum & 0xffff) + (sum >> 16);
 		sum = (sum & 0xffff) + (sum >> 16);
 		*csum = bpf_htons((__u16)~sum);
+		l4sum += (__u32)(__u16)~m + m2; // the pseudo-header's source address
+	}
+	if (l4csum_off) {
+		__u32 co = l4csum_off;
+		if (co > MAX_HDR - 2)
+			return XDP_ABORTED;
+		__be16 *l4c = (void *)(p + co);
+		if ((void *)(l4c + 1) > data_end)
+			return XDP_ABORTED;
+		__u32 sum = (__u16)~bpf_ntohs(*l4c) + l4sum;
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		*l4c = bpf_htons((__u16)~sum);
 	}
 	return XDP_TX;
 }
