@@ -120,6 +120,6 @@ func writeTargets(b *strings.Builder, rep *Report) {
 				state = "met"
 			}
 		}
-		fmt.Fprintf(b, "  %-7s %-66s %s\n", state, t.text, fig)
+		fmt.Fprintf(b, "  %-7s %-84s %s\n", state, t.text, fig)
 	}
 }
