@@ -45,6 +45,18 @@ func frame(t *testing.T, src, dst net.HardwareAddr, tags [][2]uint16, srcIP, dst
 // (so the wire's tagging program does not touch them).
 func injector(t *testing.T, netns, ifname string) func([]byte) {
 	t.Helper()
+	send := rawSender(t, netns, ifname)
+	return func(f []byte) {
+		if err := send(f); err != nil {
+			t.Fatalf("inject on %s/%s: %v", netns, ifname, err)
+		}
+	}
+}
+
+// rawSender is injector that returns the send's error (ENOBUFS: the device
+// dropped the frame).
+func rawSender(t *testing.T, netns, ifname string) func([]byte) error {
+	t.Helper()
 	var fd, ifindex int
 	err := bed.InNetns(netns, func() error {
 		ifi, err := net.InterfaceByName(ifname)
@@ -62,22 +74,22 @@ func injector(t *testing.T, netns, ifname string) func([]byte) {
 		t.Fatalf("raw socket on %s/%s: %v", netns, ifname, err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	return func(f []byte) {
-		if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: ifindex}); err != nil {
-			t.Fatalf("inject on %s/%s: %v", netns, ifname, err)
-		}
+	return func(f []byte) error {
+		return unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: ifindex})
 	}
 }
 
-func testBadFrames(t *testing.T, b *bed.Bed, a *agentproc.Proc) {
-	// Each pod counts the probes that reach its UDP port.
+// podListeners counts, per pod, the UDP datagrams that reach port in the
+// pod's namespace: the proof that a pod did or did not see a frame.
+func podListeners(t *testing.T, b *bed.Bed, port uint16) []*atomic.Int64 {
+	t.Helper()
 	got := make([]*atomic.Int64, len(b.Pods))
 	for i, p := range b.Pods {
 		got[i] = new(atomic.Int64)
 		var pc net.PacketConn
 		err := bed.InNetns(p.Netns, func() error {
 			var err error
-			pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(netip.IPv4Unspecified(), probePort).String())
+			pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(netip.IPv4Unspecified(), port).String())
 			return err
 		})
 		if err != nil {
@@ -94,6 +106,12 @@ func testBadFrames(t *testing.T, b *bed.Bed, a *agentproc.Proc) {
 			}
 		}()
 	}
+	return got
+}
+
+func testBadFrames(t *testing.T, b *bed.Bed, a *agentproc.Proc) {
+	// Each pod counts the probes that reach its UDP port.
+	got := podListeners(t, b, probePort)
 	pod1, pod2, pod3 := b.Pods[0], b.Pods[1], b.Pods[2]
 	gw := b.Wire.MAC
 	vpc := b.Wire.IP
