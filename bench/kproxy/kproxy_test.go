@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -205,13 +206,20 @@ func tcpRoundTrip(netns string, addr netip.AddrPort, msg string) (string, error)
 	return string(buf), err
 }
 
+// udpSourcePort is the last source port udpRoundTrip used.
+var udpSourcePort atomic.Int32
+
+func init() { udpSourcePort.Store(40000) }
+
 // udpRoundTrip sends msg from a fresh socket (a fresh flow) in netns to
-// addr and waits for the echo.
+// addr and waits for the echo. Each call uses a source port of its own: one
+// after another, the kernel's random pick repeats now and then, and a
+// repeated port is one conntrack flow, not two.
 func udpRoundTrip(netns string, addr netip.AddrPort, msg string) (string, error) {
 	var c net.Conn
 	err := bed.InNetns(netns, func() error {
 		var err error
-		c, err = net.Dial("udp4", addr.String())
+		c, err = net.DialUDP("udp4", &net.UDPAddr{Port: int(udpSourcePort.Add(1))}, net.UDPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
