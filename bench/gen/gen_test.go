@@ -74,21 +74,7 @@ func checksumOf(t *testing.T, ip *layers.IPv4) uint16 {
 // TestGeneratorSink sends frames across one veth pair for about a second and
 // checks the sink counted them and the generator offered at least as many.
 func TestGeneratorSink(t *testing.T) {
-	ns := privtest.Netns(t, "tlgentest")
-	privtest.Run(t, "ip", "-n", ns, "link", "add", "gena", "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "genb", "numtxqueues", "1", "numrxqueues", "1")
-	privtest.Run(t, "ip", "-n", ns, "link", "set", "gena", "up")
-	privtest.Run(t, "ip", "-n", ns, "link", "set", "genb", "up")
-
-	sink, err := AttachSink(ns, "genb", 0, SinkXDP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	g, err := NewGenerator(testSpec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	ns, sink, g := pairWithSink(t, "tlgentest")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -160,20 +146,7 @@ func TestGeneratorHosts(t *testing.T) {
 // second and checks that it offered about that many (the cap is a ceiling:
 // a slower kernel offers fewer).
 func TestGeneratorRate(t *testing.T) {
-	ns := privtest.Netns(t, "tlgenrate")
-	privtest.Run(t, "ip", "-n", ns, "link", "add", "gena", "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "genb", "numtxqueues", "1", "numrxqueues", "1")
-	privtest.Run(t, "ip", "-n", ns, "link", "set", "gena", "up")
-	privtest.Run(t, "ip", "-n", ns, "link", "set", "genb", "up")
-	sink, err := AttachSink(ns, "genb", 0, SinkXDP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	g, err := NewGenerator(testSpec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	ns, sink, g := pairWithSink(t, "tlgenrate")
 	const rate = 200_000
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -281,4 +254,24 @@ func TestGeneratorSYN(t *testing.T) {
 		}
 		g.Close()
 	}
+}
+
+// pairWithSink makes namespace name with the veth pair gena–genb, an XDP
+// sink on genb and a generator of testSpec, all removed when t ends.
+func pairWithSink(t *testing.T, name string) (ns string, sink *Sink, g *Generator) {
+	t.Helper()
+	ns = privtest.Netns(t, name)
+	privtest.Run(t, "ip", "-n", ns, "link", "add", "gena", "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "genb", "numtxqueues", "1", "numrxqueues", "1")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "gena", "up")
+	privtest.Run(t, "ip", "-n", ns, "link", "set", "genb", "up")
+	sink, err := AttachSink(ns, "genb", 0, SinkXDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	if g, err = NewGenerator(testSpec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return ns, sink, g
 }
