@@ -15,8 +15,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trunkline/trunkline/agent"
 	"github.com/trunkline/trunkline/bench/agentproc"
 	"github.com/trunkline/trunkline/bench/bed"
+	"github.com/trunkline/trunkline/internal/kubetest"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 )
 
 // TestRestartKeepsFlows restarts the agent under established flows: an
@@ -259,4 +266,85 @@ func stateFileSize(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return fi.Size()
+}
+
+// TestRestartKeepsKubernetesServiceFlows restarts an agent that serves a
+// Service from the Kubernetes watch: the new agent starts before the watch
+// has delivered it, holds the saved flow, and takes it back when the
+// Service arrives, before the client sends again.
+func TestRestartKeepsKubernetesServiceFlows(t *testing.T) {
+	e := newEnv(t, fmt.Sprintf("tlrst%dk", os.Getpid()%10000), 3)
+	b := e.b
+	kubeconfig, client := kubetest.StartIn(t, b.Node.Netns)
+	a := e.startAgent("--kubeconfig", kubeconfig)
+	ctx := t.Context()
+	vip := netip.MustParseAddr("10.96.1.13")
+	dst := netip.AddrPortFrom(vip, bed.TCPEchoPort)
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "default"},
+		Spec: corev1.ServiceSpec{ClusterIP: vip.String(), Ports: []corev1.ServicePort{
+			{Name: "echo", Protocol: corev1.ProtocolTCP, Port: bed.TCPEchoPort, TargetPort: intstr.FromInt32(bed.TCPEchoPort)},
+		}},
+	}
+	var eps []discoveryv1.Endpoint
+	for _, p := range b.Pods {
+		eps = append(eps, discoveryv1.Endpoint{Addresses: []string{p.IP.String()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "echo-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("echo"), Port: ptr.To(int32(bed.TCPEchoPort)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Endpoints:   eps,
+	}
+	if _, err := client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn
+	for deadline := time.Now().Add(5 * time.Second); c == nil; time.Sleep(20 * time.Millisecond) {
+		bed.InNetns(b.Wire.Netns, func() error {
+			var err error
+			c, err = net.DialTimeout("tcp", dst.String(), 200*time.Millisecond)
+			return err
+		})
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not served within 5 s", dst)
+		}
+	}
+	t.Cleanup(func() { c.Close() })
+	echoOn(t, c, "before")
+	svcFlow := func(p *agentproc.Proc) string {
+		l, err := p.Client.Conntrack(context.Background(), "vip="+vip.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range l.Flows {
+			if f.Client == c.LocalAddr().String() {
+				return f.Backend
+			}
+		}
+		return ""
+	}
+	backend := svcFlow(a)
+	if backend == "" {
+		t.Fatal("the connection is not tracked")
+	}
+
+	if _, err := a.Stop(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	a = e.startAgent("--kubeconfig", kubeconfig)
+	first := stats(t, a).State
+	var st agent.StateStats
+	waitFor(5*time.Second, func() bool { st = stats(t, a).State; return st.Restored >= 1 && st.Pending == 0 })
+	if st.Restored < 1 || st.Pending != 0 || st.Dropped["service"] != 0 {
+		t.Fatalf("the flow of the watched Service was not taken back: %+v", st)
+	}
+	if got := svcFlow(a); got != backend {
+		t.Fatalf("after the restart, before the client spoke: the flow goes to %q, was %s", got, backend)
+	}
+	echoOn(t, c, "after")
+	t.Logf("at start: %d flows restored, %d waiting for their Service; after the watch's first update: %d restored", first.Restored, first.Pending, st.Restored)
 }
