@@ -84,7 +84,8 @@ type Config struct {
 	// StateFile keeps the connection table, session affinities and SNAT
 	// ports across agent restarts: written at SIGTERM and every
 	// StateInterval, read at start before traffic is taken (default
-	// trunkline.state next to RegistryFile; "off": start empty every time).
+	// trunkline.state next to APISocket, on tmpfs; "off": start empty
+	// every time).
 	StateFile string `yaml:"stateFile"`
 	// StateInterval is how often the state file is written while the
 	// agent runs, bounding what a crash loses (default 5s; "off": only at
@@ -233,7 +234,10 @@ func (c *Config) setDefaults() {
 		c.SNATPorts = "61000-65000"
 	}
 	if c.StateFile == "" {
-		c.StateFile = filepath.Join(filepath.Dir(c.RegistryFile), "trunkline.state")
+		// Next to the API socket: /run is tmpfs, so the periodic writes
+		// cost memory, not disk, and a reboot (which ends every flow)
+		// starts empty.
+		c.StateFile = filepath.Join(filepath.Dir(c.APISocket), "trunkline.state")
 	}
 	if c.StateInterval == "" {
 		c.StateInterval = "5s"

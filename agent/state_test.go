@@ -25,6 +25,8 @@ func stateAgent(t testing.TB, dir string, edit func(c *Config)) *Agent {
 		t.Fatal(err)
 	}
 	c.RegistryFile = filepath.Join(dir, "registry.json")
+	c.APISocket = filepath.Join(dir, "trunkline.sock")
+	c.StateFile = filepath.Join(dir, "trunkline.state")
 	c.Services = []ServiceConfig{
 		{Name: "default/web", Port: 80, TargetPort: 8080, ClusterIP: "10.96.0.10", NodePort: 30080, Backends: []string{"pod1", "pod2"}},
 		{Name: "default/iperf", Port: 5201, TargetPort: 5201, ClusterIP: "10.96.0.14", SessionAffinity: "ClientIP", Backends: []string{"pod1", "pod2"}},
@@ -385,7 +387,7 @@ func TestStateConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.cfg.StateFile != "/var/lib/trunkline/trunkline.state" || s.stateInterval != 5*time.Second {
+	if s.cfg.StateFile != "/run/trunkline/trunkline.state" || s.stateInterval != 5*time.Second {
 		t.Errorf("defaults: stateFile %q, interval %v", s.cfg.StateFile, s.stateInterval)
 	}
 	c.StateInterval = "off"
