@@ -55,6 +55,12 @@ const (
 	// may have: 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 or the
 	// broadcast address.
 	DropMartianSource
+	// DropNewFlowLimit: a packet from the VPC that would start a flow while
+	// the worker is behind on the trunk and the connection table is at its
+	// bound (a SYN flood): past NewFlowsPerRound new flows a round, the
+	// rest are dropped before they cost a conntrack insert, a pod's work
+	// and its reply, so established flows keep the worker.
+	DropNewFlowLimit
 
 	NumDropReasons
 )
@@ -79,6 +85,7 @@ var dropNames = [NumDropReasons]string{
 	DropConntrackFull:    "conntrack_full",
 	DropConntrackInvalid: "conntrack_invalid",
 	DropMartianSource:    "martian_source",
+	DropNewFlowLimit:     "new_flow_limit",
 }
 
 func (r DropReason) String() string {

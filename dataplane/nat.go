@@ -105,6 +105,13 @@ func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) bool {
 		svcs := w.services.Load()
 		e, isFrontend := svcs.Lookup(lb.Frontend{IP: key.DstIP, Port: key.DstPort, Proto: key.Proto})
 		switch {
+		case isFrontend && from == nil && w.flooded():
+			if w.newFlows <= 0 {
+				w.dropFrame(d, DropNewFlowLimit)
+				return true
+			}
+			w.newFlows--
+			c, ok = w.newFlow(d, b, key, e, from)
 		case isFrontend:
 			c, ok = w.newFlow(d, b, key, e, from)
 		case from != nil && w.masquerades(key.DstIP):
@@ -233,6 +240,7 @@ func (w *Worker) insertSNAT(d port.Desc, c conntrack.Conn, h uint64) (conntrack.
 	for i := 0; i < min(n, maxSNATTries); i++ {
 		c.Reply.DstPort = w.snatPorts.Lo + uint16((start+i)%n)
 		res, got := w.ct.Insert(c, w.pkt.TCPFlags, w.now)
+		w.noteInsert(res)
 		switch {
 		case res.OK():
 			return got, true
@@ -253,6 +261,7 @@ func (w *Worker) insertSNAT(d port.Desc, c conntrack.Conn, h uint64) (conntrack.
 // port, keeping its address — as nf_nat makes a tuple unique.
 func (w *Worker) insert(d port.Desc, c conntrack.Conn, h uint64) (conntrack.Conn, bool) {
 	res, got := w.ct.Insert(c, w.pkt.TCPFlags, w.now)
+	w.noteInsert(res)
 	switch {
 	case res.OK():
 		return got, true
@@ -263,6 +272,14 @@ func (w *Worker) insert(d port.Desc, c conntrack.Conn, h uint64) (conntrack.Conn
 		return w.insertSNAT(d, c, h)
 	}
 	return w.insertFailed(d, res)
+}
+
+// noteInsert remembers the round when an insert found the table at its
+// bound (it early-dropped an entry, or could not).
+func (w *Worker) noteInsert(res conntrack.InsertResult) {
+	if res == conntrack.InsertedEarlyDrop || res == conntrack.Full {
+		w.ctBound = w.round
+	}
 }
 
 func (w *Worker) insertFailed(d port.Desc, res conntrack.InsertResult) (conntrack.Conn, bool) {

@@ -154,9 +154,14 @@ type Worker struct {
 	rx      []port.Desc
 	drop    []port.Desc
 	ready   []int
-	round   uint64                 // rounds so far: rotates the service order
-	drops   [NumDropReasons]uint64 // this batch
-	pkt     packet.Parsed
+	round   uint64 // rounds so far: rotates the service order
+	// newFlows is how many more new flows from the trunk this round may
+	// start while the worker is under a flood; ctBound is the last round
+	// an insert found the connection table at its bound.
+	newFlows int
+	ctBound  uint64
+	drops    [NumDropReasons]uint64 // this batch
+	pkt      packet.Parsed
 
 	counters    Counters
 	svcCounters atomic.Pointer[[]ServiceCounters] // by Service ID; grown by the worker
@@ -422,6 +427,20 @@ func (w *Worker) Poll() int {
 	return total
 }
 
+// NewFlowsPerRound is how many flows from the VPC a worker starts per round
+// while it is flooded: its trunk batches come full and the connection
+// table was at its bound within the last floodRounds rounds.
+const NewFlowsPerRound = 8
+
+// floodRounds is how long, in rounds, a connection table at its bound keeps
+// new flows from the trunk limited.
+const floodRounds = 64
+
+// flooded reports whether new flows from the trunk are limited this round.
+func (w *Worker) flooded() bool {
+	return w.ports[trunkIndex].heavy && w.ctBound != 0 && w.round-w.ctBound < floodRounds
+}
+
 // serve receives one batch from each ready port, fairly: ports whose last
 // batch was not full go first, then the heavy ones, each group in an order
 // that rotates every round. Each batch is transmitted before the next port
@@ -436,6 +455,7 @@ func (w *Worker) serve(ready []int) (total int, full bool) {
 		return 0, false
 	}
 	w.round++
+	w.newFlows = NewFlowsPerRound
 	start := int(w.round % uint64(n))
 	for pass := range 2 {
 		heavy := pass == 1
