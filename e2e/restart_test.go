@@ -126,10 +126,14 @@ func TestRestartKeepsFlows(t *testing.T) {
 		time.Sleep(2500 * time.Millisecond) // two snapshots hold both
 		before := flowsTo(t, a, iperf)
 		// A connection opened right before the crash, most likely after
-		// the last snapshot; its client speaks first.
+		// the last snapshot; its client speaks first after the crash. (The
+		// pause lets the client's delayed ACK of the echo through: had the
+		// backend retransmitted the echo after the crash, its segment would
+		// have come first and the client would have reset the connection.)
 		echoTCP := b.Service("default/echo-tcp")
 		young := dial(t, b.Wire.Netns, "tcp", netip.AddrPortFrom(echoTCP.VIP, echoTCP.Port))
 		echoOn(t, young, "young")
+		time.Sleep(200 * time.Millisecond)
 
 		a.Kill()
 		crash := time.Now()
