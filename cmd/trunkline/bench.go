@@ -23,6 +23,7 @@ func cmdBench(ctx context.Context, args []string, out io.Writer) error {
 	sizes := fs.String("sizes", "64,512,1500", "throughput frame sizes in bytes")
 	scaleSvcs := fs.String("scale-services", "1,10000,100000", "the scale scenario's Service counts")
 	scalePods := fs.String("scale-pods", "1,64,250", "the scale scenario's pod counts")
+	scaleCT := fs.String("scale-conntrack", "1000000", "the scale scenario's connection-table fills (flows put in before measuring)")
 	jsonFile := fs.String("json", "", "also write the results as JSON to this file")
 	chartFile := fs.String("chart", "", "also draw the results as an SVG chart into this file")
 	perfDir := fs.String("perf", "", "profile the trunkline throughput paths with perf into this directory (agent built with symbols)")
@@ -51,7 +52,7 @@ func cmdBench(ctx context.Context, args []string, out io.Writer) error {
 	for _, l := range []struct {
 		flag, text string
 		into       *[]int
-	}{{"sizes", *sizes, &o.Sizes}, {"scale-services", *scaleSvcs, &o.ScaleServices}, {"scale-pods", *scalePods, &o.ScalePods}} {
+	}{{"sizes", *sizes, &o.Sizes}, {"scale-services", *scaleSvcs, &o.ScaleServices}, {"scale-pods", *scalePods, &o.ScalePods}, {"scale-conntrack", *scaleCT, &o.ScaleConntrack}} {
 		for _, s := range splitList(l.text) {
 			n, err := strconv.Atoi(s)
 			if err != nil {
