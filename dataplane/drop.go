@@ -56,8 +56,8 @@ const (
 	// broadcast address.
 	DropMartianSource
 	// DropNewFlowLimit: a packet from the VPC that would start a flow while
-	// the worker is behind on the trunk and the connection table is at its
-	// bound (a SYN flood): past NewFlowsPerRound new flows a round, the
+	// the connection table is at its bound (a SYN flood): past
+	// FloodNewFlowRate new flows a second per worker, the
 	// rest are dropped before they cost a conntrack insert, a pod's work
 	// and its reply, so established flows keep the worker.
 	DropNewFlowLimit

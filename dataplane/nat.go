@@ -105,13 +105,9 @@ func (w *Worker) nat(d port.Desc, b []byte, from *vlan.Attachment) bool {
 		svcs := w.services.Load()
 		e, isFrontend := svcs.Lookup(lb.Frontend{IP: key.DstIP, Port: key.DstPort, Proto: key.Proto})
 		switch {
-		case isFrontend && from == nil && w.flooded():
-			if w.newFlows <= 0 {
-				w.dropFrame(d, DropNewFlowLimit)
-				return true
-			}
-			w.newFlows--
-			c, ok = w.newFlow(d, b, key, e, from)
+		case isFrontend && from == nil && w.flooded() && !w.floodAdmit():
+			w.dropFrame(d, DropNewFlowLimit)
+			return true
 		case isFrontend:
 			c, ok = w.newFlow(d, b, key, e, from)
 		case from != nil && w.masquerades(key.DstIP):

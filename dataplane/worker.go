@@ -155,13 +155,15 @@ type Worker struct {
 	drop    []port.Desc
 	ready   []int
 	round   uint64 // rounds so far: rotates the service order
-	// newFlows is how many more new flows from the trunk this round may
-	// start while the worker is under a flood; ctBound is the last round
-	// an insert found the connection table at its bound.
-	newFlows int
-	ctBound  uint64
-	drops    [NumDropReasons]uint64 // this batch
-	pkt      packet.Parsed
+	// floodTokens are the new flows from the trunk the worker may still
+	// start while flooded (a token bucket filled at FloodNewFlowRate since
+	// floodTokensAt); ctBound is the last round an insert found the
+	// connection table at its bound.
+	floodTokens   float64
+	floodTokensAt conntrack.Time
+	ctBound       uint64
+	drops         [NumDropReasons]uint64 // this batch
+	pkt           packet.Parsed
 
 	counters    Counters
 	svcCounters atomic.Pointer[[]ServiceCounters] // by Service ID; grown by the worker
@@ -427,10 +429,18 @@ func (w *Worker) Poll() int {
 	return total
 }
 
-// NewFlowsPerRound is how many flows from the VPC a worker starts per round
-// while it is flooded: its trunk batches come full and the connection
-// table was at its bound within the last floodRounds rounds.
-const NewFlowsPerRound = 8
+// FloodNewFlowRate is how many flows from the VPC a worker starts per
+// second, in bursts of at most FloodNewFlowBurst, while it is flooded: the
+// connection table was at its bound (an insert had to drop an embryonic
+// flow early, or could not) within the last floodRounds rounds. That is a
+// SYN flood's mark: a table sized for the node's flows is never full of
+// live ones otherwise. Each new flow costs an insert, the backend
+// pod's work (run inside the worker's transmit on veths) and its answer;
+// under a SYN flood those would take the worker from established flows.
+const (
+	FloodNewFlowRate  = 10_000
+	FloodNewFlowBurst = 64
+)
 
 // floodRounds is how long, in rounds, a connection table at its bound keeps
 // new flows from the trunk limited.
@@ -438,7 +448,21 @@ const floodRounds = 64
 
 // flooded reports whether new flows from the trunk are limited this round.
 func (w *Worker) flooded() bool {
-	return w.ports[trunkIndex].heavy && w.ctBound != 0 && w.round-w.ctBound < floodRounds
+	return w.ctBound != 0 && w.round-w.ctBound < floodRounds
+}
+
+// floodAdmit reports whether a new flow from the trunk may start while the
+// worker is flooded, taking a token if so.
+func (w *Worker) floodAdmit() bool {
+	if elapsed := w.now - w.floodTokensAt; elapsed > 0 {
+		w.floodTokens = min(w.floodTokens+float64(elapsed)*FloodNewFlowRate/1e9, FloodNewFlowBurst)
+		w.floodTokensAt = w.now
+	}
+	if w.floodTokens < 1 {
+		return false
+	}
+	w.floodTokens--
+	return true
 }
 
 // serve receives one batch from each ready port, fairly: ports whose last
@@ -455,7 +479,6 @@ func (w *Worker) serve(ready []int) (total int, full bool) {
 		return 0, false
 	}
 	w.round++
-	w.newFlows = NewFlowsPerRound
 	start := int(w.round % uint64(n))
 	for pass := range 2 {
 		heavy := pass == 1
