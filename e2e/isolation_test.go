@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/trunkline/trunkline/bench/bed"
+	"github.com/trunkline/trunkline/bench/gen"
 	"golang.org/x/sys/unix"
 )
 
@@ -207,4 +209,74 @@ func TestPodIsolation(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestPodFloodDoesNotStarveOthers has one pod flood the VPC with UDP at the
+// generator's full rate while another pod runs request/response traffic
+// with the VPC through the same worker: the quiet pod's requests are all
+// answered (the worker serves the quiet pod's batches before the
+// flooder's, and the flooder's excess is dropped on its own socket).
+func TestPodFloodDoesNotStarveOthers(t *testing.T) {
+	e := newEnv(t, fmt.Sprintf("tliso%d", os.Getpid()%10000+1), 3)
+	b := e.b
+	a := e.startAgent()
+	flooder, quiet := b.Pods[0], b.Pods[1]
+	echoAt := netip.AddrPortFrom(b.Wire.IP, 9000)
+	srv := b.Command(t.Context(), b.Wire.Netns, binary, "serve-echo", "--name", "vpc", "--timeout", "5m",
+		"--http", b.Wire.IP.String()+":8080", "--udp", echoAt.String(), "--tcp", b.Wire.IP.String()+":9001")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	waitListening(t, b, b.Wire.Netns, 9001)
+	c := dial(t, quiet.Netns, "udp", echoAt)
+	if err := udpRoundTrip(c, []byte("warm-up"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	g, err := gen.NewGenerator(gen.FrameSpec{
+		SrcMAC: flooder.MAC, DstMAC: flooder.HostVethMAC, SrcIP: flooder.IP, DstIP: b.Wire.OutsideIP,
+		DstPort: bed.DiscardPort, Flows: 64,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	before := stats(t, a)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	var (
+		gst    gen.RunStats
+		genErr error
+		done   = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		gst, genErr = g.Run(ctx, gen.RunOptions{Netns: flooder.Netns, Ifname: flooder.Ifname, CPU: 0, Until: time.Now().Add(3 * time.Second)})
+	}()
+	time.Sleep(200 * time.Millisecond)
+	const requests = 200
+	answered := 0
+	var worst time.Duration
+	for i := 0; i < requests; i++ {
+		start := time.Now()
+		if err := udpRoundTrip(c, fmt.Appendf(nil, "request %d", i), time.Second); err == nil {
+			answered++
+			worst = max(worst, time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	<-done
+	if genErr != nil {
+		t.Fatalf("generator: %v", genErr)
+	}
+	after := stats(t, a)
+	fl := podStats(after, flooder.Name).RxPackets - podStats(before, flooder.Name).RxPackets
+	t.Logf("flooder offered %.2f Mpps, the agent took %d of its frames (%.2f Mpps); the quiet pod: %d of %d answered, slowest %s",
+		float64(gst.Offered)/gst.Elapsed.Seconds()/1e6, fl, float64(fl)/gst.Elapsed.Seconds()/1e6, answered, requests, worst.Round(time.Microsecond))
+	if fl < 100_000 {
+		t.Errorf("the agent took only %d of the flooder's frames: no flood", fl)
+	}
+	if answered < requests*99/100 {
+		t.Errorf("the quiet pod got %d of %d answers during the flood, want at least 99%%", answered, requests)
+	}
 }
