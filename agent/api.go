@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"time"
 
 	"github.com/trunkline/trunkline/dataplane"
@@ -124,6 +125,8 @@ type Stats struct {
 	// State is what the agent restored from its state file and how its
 	// snapshots go.
 	State StateStats `json:"state"`
+	// Goroutines is the agent's goroutine count, for leak checks.
+	Goroutines int `json:"goroutines"`
 }
 
 // Status is the answer of GET /v1/status.
@@ -143,7 +146,7 @@ type Status struct {
 // Stats collects every counter. Frame accounting is read on each worker's
 // goroutine, between batches.
 func (a *Agent) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}, State: a.stateSnapshot()}
+	st := Stats{Drops: map[string]uint64{}, State: a.stateSnapshot(), Goroutines: runtime.NumGoroutine()}
 	if a.ct != nil {
 		cs := a.ct.Stats()
 		st.Conntrack = ConntrackStats{Entries: cs.Entries, MaxEntries: cs.MaxEntries, Inserts: cs.Inserts,
