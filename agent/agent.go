@@ -503,7 +503,7 @@ func (a *Agent) steerServices(t *lb.Table) error {
 
 // expireConntrack sweeps the connection table in the background (a
 // twentieth of it every 100 ms, so all of it every 2 s) and forgets timed
-// out session affinities every 5 s.
+// out session affinities and drained backends every 5 s.
 func (a *Agent) expireConntrack(ctx context.Context) {
 	budget := max(a.ct.Stats().Slots/20, 1024)
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -517,6 +517,7 @@ func (a *Agent) expireConntrack(ctx context.Context) {
 			a.ct.Expire(conntrack.Time(now), budget)
 			if n := now / (100 * time.Millisecond); n%50 == 0 { // every 5 s
 				a.affinity.Expire(int64(now))
+				a.pruneDraining()
 			}
 		}
 	}

@@ -139,6 +139,9 @@ type Status struct {
 	Pods      int     `json:"pods"`
 	Services  int     `json:"services"`
 	Frontends int     `json:"frontends"`
+	// DrainingBackends were removed from every Service while connections
+	// to them still run: those keep being translated until they end.
+	DrainingBackends int `json:"drainingBackends"`
 	Ready     bool    `json:"ready"`
 	UptimeSec float64 `json:"uptimeSeconds"`
 }
@@ -198,7 +201,7 @@ func (a *Agent) Status() Status {
 		Queues: a.s.cfg.Queues, Pods: n, Ready: a.ready.Load(), UptimeSec: time.Since(a.start).Seconds(),
 	}
 	if t := a.services.Load(); t != nil {
-		st.Services, st.Frontends = len(t.Services()), t.Len()
+		st.Services, st.Frontends, st.DrainingBackends = len(t.Services()), t.Len(), len(t.Draining())
 	}
 	return st
 }

@@ -46,6 +46,7 @@ var (
 	descPolls       = prometheus.NewDesc("trunkline_worker_polls_total", "Times a worker blocked waiting for frames.", []string{"queue"}, nil)
 	descPods        = prometheus.NewDesc("trunkline_pods", "Pods the agent forwards for.", nil, nil)
 	descServices    = prometheus.NewDesc("trunkline_services", "Service ports the agent serves.", nil, nil)
+	descDraining    = prometheus.NewDesc("trunkline_draining_backends", "Backends removed from every Service whose connections still run (translated until they end).", nil, nil)
 	descReady       = prometheus.NewDesc("trunkline_ready", "1 when the agent forwards.", nil, nil)
 	descSvcPackets  = prometheus.NewDesc("trunkline_service_packets_total", "Packets of a Service port's translated flows, both directions.", []string{"service"}, nil)
 	descSvcConns    = prometheus.NewDesc("trunkline_service_new_connections_total", "New flows to a Service port.", []string{"service"}, nil)
@@ -195,6 +196,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.a.Status()
 	gauge(descPods, float64(len(st.Pods)))
 	gauge(descServices, float64(s.Services))
+	gauge(descDraining, float64(s.DrainingBackends))
 	ready := 0.0
 	if s.Ready {
 		ready = 1

@@ -28,7 +28,8 @@ type ServicesBody struct {
 // path and swaps it in (no packet sees half an update), steers the new
 // frontends, and expires the UDP flows of removed backends. Flows to
 // backends still present never move; terminating backends keep their
-// flows and get no new ones.
+// flows and get no new ones; TCP flows to removed backends go on until
+// they end (the backends drain).
 func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
 	select {
 	case <-a.readyCh:
@@ -46,7 +47,14 @@ func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
 	if err != nil {
 		return ServicesUpdate{}, err
 	}
-	old := a.services.Swap(t)
+	// Backends the update removes keep their running flows: they drain
+	// (pruneDraining forgets them once no connection uses them).
+	var removed []lb.Draining
+	if old := a.services.Load(); old != nil {
+		removed = old.Removed(t)
+		t = t.WithDraining(removed)
+	}
+	a.services.Store(t)
 	a.svcCfgs = slices.Clone(cfgs)
 	a.adoptPending(t)
 	for _, id := range freed {
@@ -59,11 +67,9 @@ func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
 		return ServicesUpdate{}, err
 	}
 	gone := map[lb.Frontend]bool{}
-	for _, s := range old.Services() {
-		for _, b := range s.Backends {
-			if f := (lb.Frontend{IP: b.IP, Port: b.Port, Proto: s.Proto}); !t.IsEndpoint(f) {
-				gone[f] = true
-			}
+	for _, d := range removed {
+		if d.Proto == lb.UDP {
+			gone[d.Frontend] = true
 		}
 	}
 	expired := 0
@@ -72,7 +78,7 @@ func (a *Agent) UpdateServices(cfgs []ServiceConfig) (ServicesUpdate, error) {
 			return c.Orig.Proto == lb.UDP && gone[lb.Frontend{IP: c.Reply.SrcIP, Port: c.Reply.SrcPort, Proto: lb.UDP}]
 		})
 	}
-	a.log.Info("services updated", "services", len(specs), "frontends", t.Len(), "removedBackends", len(gone), "expiredUDPFlows", expired)
+	a.log.Info("services updated", "services", len(specs), "frontends", t.Len(), "removedBackends", len(removed), "expiredUDPFlows", expired)
 	return ServicesUpdate{Services: len(specs), ExpiredFlows: expired}, nil
 }
 
@@ -134,4 +140,41 @@ func (a *Agent) assignServiceIDs(specs []lb.ServiceSpec) (gone []uint32) {
 		}
 	}
 	return gone
+}
+
+// pruneDraining forgets the draining backends no connection uses any more
+// (a walk of the connection table, only while some backend drains).
+func (a *Agent) pruneDraining() {
+	t := a.services.Load()
+	if t == nil {
+		return
+	}
+	d := t.Draining()
+	if len(d) == 0 {
+		return
+	}
+	draining := make(map[lb.Frontend]bool, len(d))
+	for _, x := range d {
+		draining[x.Frontend] = false
+	}
+	used := 0
+	a.ct.Range(func(c conntrack.Conn) bool {
+		f := lb.Frontend{IP: c.Reply.SrcIP, Port: c.Reply.SrcPort, Proto: c.Orig.Proto}
+		if u, ok := draining[f]; ok && !u && c.ServiceID != 0 {
+			draining[f] = true
+			used++
+		}
+		return used < len(d)
+	})
+	if used == len(d) {
+		return
+	}
+	a.svcMu.Lock()
+	defer a.svcMu.Unlock()
+	if a.services.Load() != t {
+		return // updated meanwhile: the next round looks again
+	}
+	keep := slices.DeleteFunc(d, func(x lb.Draining) bool { return !draining[x.Frontend] })
+	a.services.Store(t.WithDraining(keep))
+	a.log.Info("drained backends forgotten", "forgotten", len(draining)-used, "stillDraining", len(keep))
 }

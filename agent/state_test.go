@@ -529,3 +529,43 @@ func TestStateMetrics(t *testing.T) {
 		t.Errorf("/v1/stats state: %+v", st)
 	}
 }
+
+// Backends removed from every Service drain while a connection uses them,
+// and are forgotten once none does.
+func TestDrainingBackendsArePruned(t *testing.T) {
+	a := stateAgent(t, t.TempDir(), nil)
+	dnat, _, _, iperf := flows(t, a) // to pod2 through web, to pod1 through iperf
+	old := a.services.Load()
+	empty, err := lb.Build(a.s.nodeIP, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := old.Removed(empty)
+	if len(removed) != 4 { // pod1 and pod2 on 8080 and 5201
+		t.Fatalf("removed %+v, want 4 backends", removed)
+	}
+	a.services.Store(empty.WithDraining(removed))
+	a.pruneDraining()
+	if got := a.Status().DrainingBackends; got != 3 {
+		t.Fatalf("%d draining, want the 3 with flows (pod2:5201 has none)", got)
+	}
+	a.ct.Delete(iperf.Orig)
+	a.pruneDraining()
+	// The NodePort flow still holds pod1:8080, the ClusterIP flow pod2:8080.
+	if got := a.services.Load().Draining(); len(got) != 2 || got[0].IP != pod1 || got[1].IP != pod2 {
+		t.Fatalf("draining %+v, want pod1:8080 and pod2:8080", got)
+	}
+	a.ct.DeleteIf(func(c *conntrack.Conn) bool { return c.Orig != dnat.Orig })
+	a.pruneDraining()
+	if got := a.services.Load().Draining(); len(got) != 1 || got[0].IP != pod2 {
+		t.Fatalf("draining %+v, want pod2:8080", got)
+	}
+	if !a.services.Load().IsEndpoint(lb.Frontend{IP: pod2, Port: 8080, Proto: lb.TCP}) {
+		t.Error("a draining backend is not an endpoint: its replies would pass untranslated")
+	}
+	a.ct.Delete(dnat.Orig)
+	a.pruneDraining()
+	if got := a.Status().DrainingBackends; got != 0 {
+		t.Errorf("%d draining with no flow left, want 0", got)
+	}
+}

@@ -498,3 +498,90 @@ func TestClientIPAffinityHoldsUntilItsTimeout(t *testing.T) {
 		t.Errorf("after the timeout the client still went to %s; Maglev on its address picks %v", first, pick(three(3), cl))
 	}
 }
+
+// withTag inserts an 802.1Q tag with vid after f's MAC addresses.
+func withTag(f []byte, vid uint16) []byte {
+	out := append([]byte(nil), f[:12]...)
+	out = append(out, 0x81, 0x00, byte(vid>>8), byte(vid))
+	return append(out, f[12:]...)
+}
+
+// A backend removed from its Service keeps its established flows, local
+// and remote alike, while the table names it draining; new flows go to the
+// backends left.
+func TestRemovedBackendDrainsItsFlows(t *testing.T) {
+	remote := lb.Backend{IP: [4]byte{10, 100, 1, 9}, Port: 8080, Ready: true, Serving: true}
+	r := newNATRig(t, []lb.ServiceSpec{clusterIP(backendOf(pods[1], 8080), remote)}, PortRange{61000, 61099})
+	// A flow from the VPC to the local backend, one from pod 1 to the
+	// remote one: find client ports Maglev sends there.
+	var vpcPort, podPort uint16
+	for sport := uint16(40000); vpcPort == 0 || podPort == 0; sport++ {
+		if sport > 41000 {
+			t.Fatal("no client port reaches both backends")
+		}
+		if vpcPort == 0 {
+			syn := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: sport, dport: 80, syn: true})
+			if err := r.trunk.Inject(syn); err != nil {
+				t.Fatal(err)
+			}
+			r.run()
+			if len(r.pods[1].Sent()) == 1 {
+				vpcPort = sport
+			} else {
+				r.trunk.Sent()
+				r.ct.Delete(conntrack.Key{SrcIP: client, DstIP: vip, SrcPort: sport, DstPort: 80, Proto: lb.TCP})
+			}
+		}
+		if podPort == 0 {
+			syn := l4frame(t, l4spec{src: pods[0].MAC, dst: pods[0].HostMAC, srcIP: pods[0].IP, dstIP: vip, sport: sport, dport: 80, syn: true})
+			if err := r.pods[0].Inject(syn); err != nil {
+				t.Fatal(err)
+			}
+			r.run()
+			if out := r.trunk.Sent(); len(out) == 1 {
+				podPort = sport
+			} else {
+				r.pods[1].Sent()
+				r.ct.Delete(conntrack.Key{SrcIP: pods[0].IP, DstIP: vip, SrcPort: sport, DstPort: 80, Proto: lb.TCP})
+			}
+		}
+	}
+	localReply := l4frame(t, l4spec{src: pods[1].MAC, dst: pods[1].HostMAC, srcIP: pods[1].IP, dstIP: client, sport: 8080, dport: vpcPort, syn: true, ack: true})
+	remoteReply := withTag(l4frame(t, l4spec{src: gatewayMAC, dst: pods[0].MAC, srcIP: remote.IP, dstIP: pods[0].IP, sport: 8080, dport: podPort, syn: true, ack: true}), pods[0].VID)
+	replies := func(what string) {
+		t.Helper()
+		_, ip, pk := parsed(t, r.one(r.pods[1], localReply, r.trunk))
+		if tcp := pk.Layer(layers.LayerTypeTCP).(*layers.TCP); !ip.SrcIP.Equal(net.IP(vip[:])) || tcp.SrcPort != 80 {
+			t.Errorf("%s: the local backend's reply leaves from %s:%d, want the ClusterIP", what, ip.SrcIP, tcp.SrcPort)
+		}
+		_, ip, pk = parsed(t, r.one(r.trunk, remoteReply, r.pods[0]))
+		if tcp := pk.Layer(layers.LayerTypeTCP).(*layers.TCP); !ip.SrcIP.Equal(net.IP(vip[:])) || tcp.SrcPort != 80 {
+			t.Errorf("%s: the remote backend's reply reaches the pod from %s:%d, want the ClusterIP", what, ip.SrcIP, tcp.SrcPort)
+		}
+	}
+	replies("before the update")
+
+	old := r.svcs.Load()
+	next, err := lb.Build(netip.AddrFrom4(nodeIP), []lb.ServiceSpec{clusterIP(backendOf(pods[0], 8080))}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := old.Removed(next)
+	if len(removed) != 2 || removed[0].Remote || !removed[1].Remote {
+		t.Fatalf("removed %+v, want the local then the remote backend", removed)
+	}
+	r.svcs.Store(next.WithDraining(removed))
+	replies("while draining")
+	syn := l4frame(t, l4spec{src: gatewayMAC, dst: nodeMAC, srcIP: client, dstIP: vip, sport: 50000, dport: 80, syn: true})
+	if _, ip, _ := parsed(t, r.one(r.trunk, syn, r.pods[0])); !ip.DstIP.Equal(net.IP(pods[0].IP[:])) {
+		t.Errorf("a new flow went to %s, want the backend left", ip.DstIP)
+	}
+
+	// Without the draining entries the replies would pass untranslated:
+	// what the dataplane did before backends drained.
+	r.svcs.Store(next)
+	pk := gopacket.NewPacket(r.one(r.pods[1], localReply, r.trunk), layers.LayerTypeEthernet, gopacket.Default)
+	if ip, ok := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4); !ok || !ip.SrcIP.Equal(net.IP(pods[1].IP[:])) {
+		t.Errorf("a backend that is neither an endpoint nor draining: its reply left as %v, want untranslated", pk)
+	}
+}

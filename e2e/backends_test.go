@@ -133,6 +133,21 @@ func TestBackendChanges(t *testing.T) {
 		}
 	})
 
+	t.Run("a backend removed while its stream runs drains: the stream goes on", func(t *testing.T) {
+		if _, err := a.Client.UpdateServices(ctx, without(without(svcs, gone, false), keep, false)); err != nil {
+			t.Fatal(err)
+		}
+		st, err := a.Client.Status(ctx)
+		if err != nil || st.DrainingBackends == 0 {
+			t.Fatalf("status after removing %s with a stream to it: %+v, %v; want it draining", keep, st, err)
+		}
+		for range 5 {
+			if got := stream.get(t); got != "hello from "+keep {
+				t.Fatalf("the removed backend's stream moved to %q", got)
+			}
+		}
+	})
+
 	t.Run("an invalid update is refused as a whole", func(t *testing.T) {
 		bad := slices.Clone(svcs)
 		bad[0].Backends = append(slices.Clone(bad[0].Backends), "no-such-pod")

@@ -106,7 +106,6 @@ type soakCounters struct {
 	conns, connErrs        atomic.Int64
 	udp, udpLost           atomic.Int64
 	longTCP, longTCPErrs   atomic.Int64
-	longTCPGone            atomic.Int64
 	longUDP, longUDPLost   atomic.Int64
 	iperfBytes, iperfRuns  atomic.Int64
 	churn, serviceUpdates  atomic.Int64
@@ -261,12 +260,12 @@ func TestSoak(t *testing.T) {
 	tctx, stop := context.WithTimeout(ctx, dur)
 	defer stop()
 	var wg sync.WaitGroup
-	churn := &soakChurn{t: t, b: b, a: a, rt: rt, podNS: podNS, orig: orig, c: &c, removedAt: map[string]time.Time{}}
+	churn := &soakChurn{t: t, b: b, a: a, rt: rt, podNS: podNS, orig: orig, c: &c}
 	defer churn.cleanup()
 	wg.Go(func() { soakIperf(tctx, b, &c) })
 	wg.Go(func() { soakConnects(tctx, b, &c) })
 	wg.Go(func() { soakUDP(tctx, b, &c) })
-	wg.Go(func() { soakLongTCP(tctx, b, a, churn, &c) })
+	wg.Go(func() { soakLongTCP(tctx, b, a, &c) })
 	wg.Go(func() { soakLongUDP(tctx, b, &c) })
 	wg.Go(func() { churn.run(tctx) })
 
@@ -378,8 +377,8 @@ func TestSoak(t *testing.T) {
 
 	// The clients' failures, against what the churn allows.
 	updates, conns, udp := c.serviceUpdates.Load(), c.conns.Load()+c.connErrs.Load(), c.udp.Load()+c.udpLost.Load()
-	t.Logf("traffic: %d TCP connections (%d failed), %d UDP round trips (%d lost), long TCP %d echoes (%d failed, %d broken by their backend's removal), long UDP %d (%d lost), iperf3 %d runs %.0f MB; churn: %d pods added, %d deleted, %d Service updates",
-		c.conns.Load(), c.connErrs.Load(), c.udp.Load(), c.udpLost.Load(), c.longTCP.Load(), c.longTCPErrs.Load(), c.longTCPGone.Load(),
+	t.Logf("traffic: %d TCP connections (%d failed), %d UDP round trips (%d lost), long TCP %d echoes (%d failed), long UDP %d (%d lost), iperf3 %d runs %.0f MB; churn: %d pods added, %d deleted, %d Service updates",
+		c.conns.Load(), c.connErrs.Load(), c.udp.Load(), c.udpLost.Load(), c.longTCP.Load(), c.longTCPErrs.Load(),
 		c.longUDP.Load(), c.longUDPLost.Load(), c.iperfRuns.Load(), float64(c.iperfBytes.Load())/1e6, c.podAdds.Load(), c.podDels.Load(), updates)
 	if n := c.clientFailures.Load(); n > 0 {
 		t.Errorf("%d client runs failed; the first: %v", n, c.firstErr.Load())
@@ -392,14 +391,6 @@ func TestSoak(t *testing.T) {
 	}
 	if n := c.longTCPErrs.Load(); n > 0 || c.longTCP.Load() == 0 {
 		t.Errorf("the long TCP connection: %d echoes, %d failures (the first %v); want no failure: an established flow outlives the churn", c.longTCP.Load(), n, c.longTCPErr.Load())
-	}
-	if n := c.longTCPGone.Load(); n > 0 {
-		// Known: a backend pod's replies are reverse-translated only while
-		// it is some Service's endpoint (dataplane wantsNAT), so an
-		// established TCP flow to a backend removed from its Service stalls
-		// (kube-proxy keeps such flows going). Counted, not failed, until
-		// the dataplane keeps them.
-		t.Logf("KNOWN: the long TCP connection broke %d times right after its backend left the Service (its replies are no longer reverse-translated)", n)
 	}
 	if n := c.longUDPLost.Load(); n > updates || c.longUDP.Load() == 0 {
 		t.Errorf("the long UDP flow: %d answered, %d lost; want at most one loss per Service update (%d)", c.longUDP.Load(), n, updates)
@@ -535,11 +526,9 @@ func soakUDP(ctx context.Context, b *bed.Bed, c *soakCounters) {
 
 // soakLongTCP keeps one connection through the echo ClusterIP for the whole
 // soak, echoing a message every 200 ms: its backend may leave the Service,
-// the flow must go on. A flow that breaks because its own backend was just
-// removed from every Service is counted apart (longTCPGone: see
-// soakAllowance), and a new connection is made; any other break is a
-// failure.
-func soakLongTCP(ctx context.Context, b *bed.Bed, a *agentproc.Proc, ch *soakChurn, c *soakCounters) {
+// the flow must go on (its backend drains). Any break is a failure, after
+// which a new connection is made.
+func soakLongTCP(ctx context.Context, b *bed.Bed, a *agentproc.Proc, c *soakCounters) {
 	svc := b.Service("default/echo-tcp")
 	msg, got := []byte("a long-lived flow through the soak\n"), make([]byte, 64)
 	for ctx.Err() == nil {
@@ -553,7 +542,6 @@ func soakLongTCP(ctx context.Context, b *bed.Bed, a *agentproc.Proc, ch *soakChu
 			continue
 		}
 		backend := longTCPBackend(ctx, b, a, conn.LocalAddr().String())
-		last := time.Now()
 		for ctx.Err() == nil {
 			conn.SetDeadline(time.Now().Add(3 * time.Second))
 			_, err := conn.Write(msg)
@@ -564,16 +552,11 @@ func soakLongTCP(ctx context.Context, b *bed.Bed, a *agentproc.Proc, ch *soakChu
 				if ctx.Err() != nil {
 					break
 				}
-				if at, ok := ch.removed(backend); ok && at.After(last.Add(-time.Second)) {
-					c.longTCPGone.Add(1)
-				} else {
-					c.longTCPErrs.Add(1)
-					c.longTCPErr.CompareAndSwap(nil, fmt.Sprintf("at %s, after %d echoes, backend %s: %v", time.Now().Format("15:04:05.000"), c.longTCP.Load(), backend, err))
-				}
+				c.longTCPErrs.Add(1)
+				c.longTCPErr.CompareAndSwap(nil, fmt.Sprintf("at %s, after %d echoes, backend %s: %v", time.Now().Format("15:04:05.000"), c.longTCP.Load(), backend, err))
 				break
 			}
 			c.longTCP.Add(1)
-			last = time.Now()
 			sleepCtx(ctx, 200*time.Millisecond)
 		}
 		conn.Close()
@@ -648,17 +631,6 @@ type soakChurn struct {
 	mu   sync.Mutex // guards pod
 	pod  *soakPod   // the pod the churn added, or nil
 	next int        // the next pod's number
-
-	removedMu sync.Mutex
-	removedAt map[string]time.Time // when a pod last left the echo Services; guarded by removedMu
-}
-
-// removed reports when pod last left the Services the churn changes.
-func (ch *soakChurn) removed(pod string) (time.Time, bool) {
-	ch.removedMu.Lock()
-	defer ch.removedMu.Unlock()
-	at, ok := ch.removedAt[pod]
-	return at, ok
 }
 
 // soakPod is a pod the churn added: its registration and its echo server.
@@ -788,11 +760,6 @@ func (ch *soakChurn) services(ctx context.Context, i int) error {
 		return err
 	}
 	ch.c.serviceUpdates.Add(1)
-	if i%4 == 0 {
-		ch.removedMu.Lock()
-		ch.removedAt[gone] = time.Now()
-		ch.removedMu.Unlock()
-	}
 	if i%4 != 1 {
 		return nil
 	}

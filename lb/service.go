@@ -191,18 +191,105 @@ type Table struct {
 	// local pod may be a reply to a pod's translated flow.
 	remoteIPs map[[4]byte]struct{}
 	services  []*Service
+	// draining are backends no Service has any more whose flows have not
+	// ended (see WithDraining); drainingIPs are the remote ones' IPs.
+	draining    map[Frontend]Draining
+	drainingIPs map[[4]byte]struct{}
 }
 
-// IsEndpoint reports whether (ip, port, proto) is some Service's backend.
+// Draining is a backend removed from every Service while connections to it
+// still run: it takes no new flows, and its flows' packets are still
+// translated until they end (as nf_conntrack keeps translating a flow
+// whose endpoint kube-proxy removed).
+type Draining struct {
+	Frontend
+	// Remote: the backend is not on this node.
+	Remote bool
+}
+
+// IsEndpoint reports whether (ip, port, proto) is some Service's backend,
+// or a draining one.
 func (t *Table) IsEndpoint(f Frontend) bool {
-	_, ok := t.endpoints[f]
+	if _, ok := t.endpoints[f]; ok {
+		return true
+	}
+	_, ok := t.draining[f]
 	return ok
 }
 
-// IsRemoteBackend reports whether ip is a backend on another node.
+// IsRemoteBackend reports whether ip is a backend on another node, or a
+// draining one.
 func (t *Table) IsRemoteBackend(ip [4]byte) bool {
-	_, ok := t.remoteIPs[ip]
+	if _, ok := t.remoteIPs[ip]; ok {
+		return true
+	}
+	_, ok := t.drainingIPs[ip]
 	return ok
+}
+
+// Removed returns t's backends (with the protocol of their Service) that
+// are not endpoints of next, draining ones included: the backends that
+// next removes.
+func (t *Table) Removed(next *Table) []Draining {
+	seen := map[Frontend]bool{}
+	var out []Draining
+	add := func(d Draining) {
+		if !seen[d.Frontend] && !next.IsEndpoint(d.Frontend) {
+			seen[d.Frontend] = true
+			out = append(out, d)
+		}
+	}
+	for _, s := range t.services {
+		for _, b := range s.Backends {
+			add(Draining{Frontend{IP: b.IP, Port: b.Port, Proto: s.Proto}, !b.Local})
+		}
+	}
+	for _, d := range t.draining {
+		add(d)
+	}
+	slices.SortFunc(out, func(a, b Draining) int { return compareFrontends(a.Frontend, b.Frontend) })
+	return out
+}
+
+// WithDraining returns a copy of t, sharing its immutable parts, whose
+// draining backends are d (those that are t's endpoints already are left
+// out).
+func (t *Table) WithDraining(d []Draining) *Table {
+	c := *t
+	c.draining, c.drainingIPs = nil, nil
+	for _, x := range d {
+		if _, ok := t.endpoints[x.Frontend]; ok {
+			continue
+		}
+		if c.draining == nil {
+			c.draining, c.drainingIPs = map[Frontend]Draining{}, map[[4]byte]struct{}{}
+		}
+		c.draining[x.Frontend] = x
+		if x.Remote {
+			c.drainingIPs[x.IP] = struct{}{}
+		}
+	}
+	return &c
+}
+
+// Draining returns the draining backends, sorted.
+func (t *Table) Draining() []Draining {
+	out := make([]Draining, 0, len(t.draining))
+	for _, d := range t.draining {
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b Draining) int { return compareFrontends(a.Frontend, b.Frontend) })
+	return out
+}
+
+func compareFrontends(a, b Frontend) int {
+	if c := slices.Compare(a.IP[:], b.IP[:]); c != 0 {
+		return c
+	}
+	if a.Port != b.Port {
+		return int(a.Port) - int(b.Port)
+	}
+	return int(a.Proto) - int(b.Proto)
 }
 
 // NodePorts returns the NodePort frontends (on the node's address).
