@@ -131,19 +131,19 @@ type Stats struct {
 
 // Status is the answer of GET /v1/status.
 type Status struct {
-	Version   string  `json:"version"`
-	Trunk     string  `json:"trunk"`
-	NodeIP    string  `json:"nodeIP"`
-	XDPMode   string  `json:"xdpMode"`
-	Queues    int     `json:"queues"`
-	Pods      int     `json:"pods"`
-	Services  int     `json:"services"`
-	Frontends int     `json:"frontends"`
+	Version   string `json:"version"`
+	Trunk     string `json:"trunk"`
+	NodeIP    string `json:"nodeIP"`
+	XDPMode   string `json:"xdpMode"`
+	Queues    int    `json:"queues"`
+	Pods      int    `json:"pods"`
+	Services  int    `json:"services"`
+	Frontends int    `json:"frontends"`
 	// DrainingBackends were removed from every Service while connections
 	// to them still run: those keep being translated until they end.
-	DrainingBackends int `json:"drainingBackends"`
-	Ready     bool    `json:"ready"`
-	UptimeSec float64 `json:"uptimeSeconds"`
+	DrainingBackends int     `json:"drainingBackends"`
+	Ready            bool    `json:"ready"`
+	UptimeSec        float64 `json:"uptimeSeconds"`
 }
 
 // Stats collects every counter. Frame accounting is read on each worker's
