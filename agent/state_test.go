@@ -438,6 +438,7 @@ func fillFlows(b *testing.B, a *Agent, n int) {
 	if a.ct, err = conntrack.New(conntrack.Options{MaxEntries: n}); err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { a.ct.Close() })
 	web := a.service(b, "default/web")
 	now := a.now()
 	for i := range n {
@@ -489,6 +490,9 @@ func BenchmarkStateRestore(b *testing.B) {
 		if st := fresh.stateSnapshot(); st.Restored != 1<<20 {
 			b.Fatalf("restored %+v", st)
 		}
+		b.StopTimer()
+		fresh.ct.Close()
+		b.StartTimer()
 	}
 }
 

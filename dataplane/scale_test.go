@@ -72,6 +72,7 @@ func scaleWorker(tb testing.TB, services int, flows uint64, maxEntries int) (*Wo
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() { ct.Close() })
 	w, err := New(Config{Memory: mem, Poller: alwaysReady{}, Trunk: fp, VLAN: &vptr, GatewayMAC: gatewayMAC,
 		Services: &sptr, Conntrack: ct, NodeIP: nodeIP, NodeMAC: nodeMAC, SNATPorts: PortRange{61000, 62000}})
 	if err != nil {

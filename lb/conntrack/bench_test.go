@@ -15,6 +15,7 @@ func filled(b *testing.B, n int) (*Table, []Key) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { tb.Close() })
 	keys := make([]Key, 0, 2*n)
 	for i := range n {
 		c := flow(i, ProtoTCP)

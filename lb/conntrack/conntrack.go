@@ -303,7 +303,8 @@ type Stats struct {
 	BytesPerEntry int // TotalBytes / MaxEntries
 }
 
-// New builds a table with all its memory allocated up front.
+// New builds a table with all its memory allocated up front (outside the
+// Go heap; see mem.go).
 func New(o Options) (*Table, error) {
 	var errs []error
 	if o.MaxEntries == 0 {
@@ -328,7 +329,7 @@ func New(o Options) (*Table, error) {
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%w: %w", ErrOptions, errors.Join(errs...))
 	}
-	return newTable(o.MaxEntries, o.Shards, to), nil
+	return newTable(o.MaxEntries, o.Shards, to)
 }
 
 // timeout classes: the TCP states, then the rest.

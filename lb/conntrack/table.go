@@ -105,19 +105,30 @@ type Table struct {
 	timeouts  [numTimeouts]uint32
 	tcp       tcpTable
 
+	arena *arena // where the arrays are, or nil: on the heap
+
 	expireMu     sync.Mutex
 	expireCursor int // next slot Expire looks at; guarded by expireMu
 }
 
-func newTable(max, nshards int, timeouts [numTimeouts]uint32) *Table {
+func newTable(max, nshards int, timeouts [numTimeouts]uint32) (*Table, error) {
 	per := (max + nshards - 1) / nshards
 	pool := per + per/8 + 16
 	idx := 1
 	for idx < 3*per+32 {
 		idx <<= 1
 	}
+	size := arenaSize(pool*nshards, unsafe.Sizeof(slot{}), unsafe.Alignof(slot{})) +
+		uintptr(nshards)*(arenaSize(idx, 8, 8)+arenaSize(pool, 4, 4))
+	var a *arena
+	if size >= offHeapMin {
+		var err error
+		if a, err = newArena(size); err != nil {
+			return nil, err
+		}
+	}
 	t := &Table{
-		slots:     make([]slot, pool*nshards),
+		slots:     carve[slot](a, pool*nshards),
 		shards:    make([]shard, nshards),
 		shardMask: uint64(nshards - 1),
 		shardBits: uint(bits.TrailingZeros(uint(nshards))),
@@ -125,6 +136,7 @@ func newTable(max, nshards int, timeouts [numTimeouts]uint32) *Table {
 		max:       int64(max),
 		timeouts:  timeouts,
 		tcp:       newTCPTable(),
+		arena:     a,
 	}
 	var b [32]byte
 	rand.Read(b[:]) // never fails (crypto/rand panics instead)
@@ -134,17 +146,20 @@ func newTable(max, nshards int, timeouts [numTimeouts]uint32) *Table {
 	t.key[3] |= 1
 	for i := range t.shards {
 		sh := &t.shards[i]
-		sh.idx = make([]atomic.Uint64, idx)
+		sh.idx = carve[atomic.Uint64](a, idx)
+		if a != nil {
+			touch(sh.idx)
+		}
 		sh.mask = uint64(idx - 1)
 		sh.maxUsed = idx - idx/8
-		sh.free = make([]uint32, pool)
+		sh.free = carve[uint32](a, pool)
 		for j := range sh.free {
 			// popped from the end: lowest slot first
 			sh.free[j] = uint32(i*pool + pool - 1 - j)
 		}
 		sh.nfree = pool
 	}
-	return t
+	return t, nil
 }
 
 // pack and unpack turn a Key into two words in the machine's easiest order

@@ -143,6 +143,7 @@ func TestOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { tb.Close() })
 	s := tb.Stats()
 	if s.MaxEntries != DefaultMaxEntries || len(tb.shards) != DefaultShards {
 		t.Fatalf("defaults: %+v", s)
