@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/trunkline/trunkline/dataplane"
@@ -207,7 +208,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // serveMetrics serves /metrics, /healthz and /readyz on addr.
 func (a *Agent) serveMetrics(addr string) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{a}, a.cniRequests)
+	reg.MustRegister(collector{a}, a.cniRequests, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
