@@ -502,12 +502,14 @@ func (a *Agent) steerServices(t *lb.Table) error {
 }
 
 // expireConntrack sweeps the connection table in the background (a
-// twentieth of it every 100 ms, so all of it every 2 s) and forgets timed
-// out session affinities and drained backends every 5 s.
+// twentieth of it every 100 ms, so all of it every 2 s), keeps the trunk
+// program's SYN gate shut while the workers find the table at its bound,
+// and forgets timed out session affinities and drained backends every 5 s.
 func (a *Agent) expireConntrack(ctx context.Context) {
 	budget := max(a.ct.Stats().Slots/20, 1024)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	var bound uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -515,12 +517,35 @@ func (a *Agent) expireConntrack(ctx context.Context) {
 		case <-tick.C:
 			now := time.Since(a.epoch)
 			a.ct.Expire(conntrack.Time(now), budget)
+			bound = a.gateSYNs(bound)
 			if n := now / (100 * time.Millisecond); n%50 == 0 { // every 5 s
 				a.affinity.Expire(int64(now))
 				a.pruneDraining()
 			}
 		}
 	}
+}
+
+// synGateHold is how long the SYN gate stays shut after the workers last
+// found the connection table at its bound.
+const synGateHold = time.Second
+
+// gateSYNs shuts the trunk program's SYN gate for synGateHold when the
+// workers found the connection table at its bound since the last call
+// (their AtBound counters moved from last); it returns the counters' sum.
+// Shut, the gate lets through per CPU the rate the workers admit new flows
+// at while flooded, and drops the rest before they are copied to a socket.
+func (a *Agent) gateSYNs(last uint64) uint64 {
+	var n uint64
+	for _, ws := range a.workers {
+		n += ws.w.Counters().AtBound.Load()
+	}
+	if n != last && a.progs != nil {
+		if err := a.progs.ShutSYNGate(synGateHold, dataplane.FloodNewFlowRate, dataplane.FloodNewFlowBurst); err != nil {
+			a.log.Error("SYN gate", "err", err)
+		}
+	}
+	return n
 }
 
 // checkMTU makes sure a frame of the link's MTU, with its Ethernet header

@@ -175,6 +175,13 @@ func (a *Agent) Stats() Stats {
 			st.UMEM = append(st.UMEM, UMEMStats{Queue: ws.queue, Total: acc.Total, Free: acc.Free, Fill: acc.Fill, TX: acc.TX, Held: acc.Held})
 		})
 	}
+	if a.progs != nil {
+		// SYNs the trunk program shed while the table was flooded: the
+		// same refusal as the workers', taken earlier.
+		if n, err := a.progs.SYNsShed(); err == nil {
+			st.Drops[dataplane.DropNewFlowLimit.String()] += n
+		}
+	}
 	a.mu.Lock()
 	for _, ps := range a.pods {
 		p := PodStats{Name: ps.att.Name, VLAN: ps.att.VID, IP: ipString(ps.att.IP), HostVeth: ps.hostVeth}

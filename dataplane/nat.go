@@ -275,6 +275,7 @@ func (w *Worker) insert(d port.Desc, c conntrack.Conn, h uint64) (conntrack.Conn
 func (w *Worker) noteInsert(res conntrack.InsertResult) {
 	if res == conntrack.InsertedEarlyDrop || res == conntrack.Full {
 		w.ctBound = w.round
+		w.counters.AtBound.Add(1)
 	}
 }
 

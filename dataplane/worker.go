@@ -45,6 +45,10 @@ type Counters struct {
 	Polls atomic.Uint64
 	// Pauses counts the sleeps MaxBusy forced.
 	Pauses atomic.Uint64
+	// AtBound counts inserts that found the connection table at its
+	// bound (one early-dropped an entry, or none could be): the mark of a
+	// flood the agent shuts the trunk program's SYN gate on.
+	AtBound atomic.Uint64
 	// Rejects counts packets to a Service without a usable backend,
 	// answered with a TCP RST or an ICMP port unreachable.
 	Rejects atomic.Uint64

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // AttachMode is how XDP programs attach to an interface.
@@ -329,4 +331,38 @@ func (p *Programs) IsTrunkProgram(id uint32) bool {
 	}
 	own, ok := info.ID()
 	return ok && uint32(own) == id
+}
+
+// ShutSYNGate makes the trunk program shed, for d from now, the TCP SYNs
+// to Service frontends (ClusterIP, ExternalIP, LoadBalancer, NodePort)
+// beyond perSecond per CPU, in bursts of at most burst: under a SYN flood
+// the excess dies before it is copied to the agent, and established flows'
+// frames keep their room on the socket. Called again, it moves the end.
+func (p *Programs) ShutSYNGate(d time.Duration, perSecond, burst int) error {
+	if perSecond <= 0 || burst <= 0 {
+		return fmt.Errorf("syn gate: rate %d/s and burst %d must be positive", perSecond, burst)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return fmt.Errorf("syn gate: %w", err)
+	}
+	cost := uint64(time.Second) / uint64(perSecond)
+	g := progsSynGate{UntilNs: uint64(ts.Nano()) + uint64(d), CostNs: cost, BurstNs: cost * uint64(burst)}
+	if err := p.objs.SynGate.Put(uint32(0), g); err != nil {
+		return fmt.Errorf("syn gate: %w", err)
+	}
+	return nil
+}
+
+// SYNsShed returns how many SYNs the trunk program has shed, over all CPUs.
+func (p *Programs) SYNsShed() (uint64, error) {
+	var per []progsSynBucket
+	if err := p.objs.SynBuckets.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("syn gate counters: %w", err)
+	}
+	var n uint64
+	for _, b := range per {
+		n += b.Shed
+	}
+	return n, nil
 }

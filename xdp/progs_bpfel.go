@@ -32,19 +32,35 @@ type progsPortRange struct {
 	Hi uint16
 }
 
+type progsSynBucket struct {
+	_        structs.HostLayout
+	CreditNs uint64
+	LastNs   uint64
+	Shed     uint64
+}
+
+type progsSynGate struct {
+	_       structs.HostLayout
+	UntilNs uint64
+	CostNs  uint64
+	BurstNs uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	progsMapNodeAddrs = "node_addrs"
-	progsMapNodePorts = "node_ports"
-	progsMapPodSlots  = "pod_slots"
-	progsMapPodXsks   = "pod_xsks"
-	progsMapSnatPorts = "snat_ports"
-	progsMapTrunkXsks = "trunk_xsks"
-	progsMapVips      = "vips"
-	progsProgTlPod    = "tl_pod"
-	progsProgTlTrunk  = "tl_trunk"
+	progsMapNodeAddrs  = "node_addrs"
+	progsMapNodePorts  = "node_ports"
+	progsMapPodSlots   = "pod_slots"
+	progsMapPodXsks    = "pod_xsks"
+	progsMapSnatPorts  = "snat_ports"
+	progsMapSynBuckets = "syn_buckets"
+	progsMapSynGate    = "syn_gate"
+	progsMapTrunkXsks  = "trunk_xsks"
+	progsMapVips       = "vips"
+	progsProgTlPod     = "tl_pod"
+	progsProgTlTrunk   = "tl_trunk"
 )
 
 // loadProgs returns the embedded CollectionSpec for progs.
@@ -97,13 +113,15 @@ type progsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type progsMapSpecs struct {
-	NodeAddrs *ebpf.MapSpec `ebpf:"node_addrs"`
-	NodePorts *ebpf.MapSpec `ebpf:"node_ports"`
-	PodSlots  *ebpf.MapSpec `ebpf:"pod_slots"`
-	PodXsks   *ebpf.MapSpec `ebpf:"pod_xsks"`
-	SnatPorts *ebpf.MapSpec `ebpf:"snat_ports"`
-	TrunkXsks *ebpf.MapSpec `ebpf:"trunk_xsks"`
-	Vips      *ebpf.MapSpec `ebpf:"vips"`
+	NodeAddrs  *ebpf.MapSpec `ebpf:"node_addrs"`
+	NodePorts  *ebpf.MapSpec `ebpf:"node_ports"`
+	PodSlots   *ebpf.MapSpec `ebpf:"pod_slots"`
+	PodXsks    *ebpf.MapSpec `ebpf:"pod_xsks"`
+	SnatPorts  *ebpf.MapSpec `ebpf:"snat_ports"`
+	SynBuckets *ebpf.MapSpec `ebpf:"syn_buckets"`
+	SynGate    *ebpf.MapSpec `ebpf:"syn_gate"`
+	TrunkXsks  *ebpf.MapSpec `ebpf:"trunk_xsks"`
+	Vips       *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // progsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,13 +150,15 @@ func (o *progsObjects) Close() error {
 //
 // It can be passed to loadProgsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type progsMaps struct {
-	NodeAddrs *ebpf.Map `ebpf:"node_addrs"`
-	NodePorts *ebpf.Map `ebpf:"node_ports"`
-	PodSlots  *ebpf.Map `ebpf:"pod_slots"`
-	PodXsks   *ebpf.Map `ebpf:"pod_xsks"`
-	SnatPorts *ebpf.Map `ebpf:"snat_ports"`
-	TrunkXsks *ebpf.Map `ebpf:"trunk_xsks"`
-	Vips      *ebpf.Map `ebpf:"vips"`
+	NodeAddrs  *ebpf.Map `ebpf:"node_addrs"`
+	NodePorts  *ebpf.Map `ebpf:"node_ports"`
+	PodSlots   *ebpf.Map `ebpf:"pod_slots"`
+	PodXsks    *ebpf.Map `ebpf:"pod_xsks"`
+	SnatPorts  *ebpf.Map `ebpf:"snat_ports"`
+	SynBuckets *ebpf.Map `ebpf:"syn_buckets"`
+	SynGate    *ebpf.Map `ebpf:"syn_gate"`
+	TrunkXsks  *ebpf.Map `ebpf:"trunk_xsks"`
+	Vips       *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *progsMaps) Close() error {
@@ -148,6 +168,8 @@ func (m *progsMaps) Close() error {
 		m.PodSlots,
 		m.PodXsks,
 		m.SnatPorts,
+		m.SynBuckets,
+		m.SynGate,
 		m.TrunkXsks,
 		m.Vips,
 	)

@@ -85,6 +85,74 @@ struct {
 	__type(value, struct port_range);
 } snat_ports SEC(".maps");
 
+// While the agent's connection table is flooded, SYNs to Service frontends
+// are shed here, before they cost a copy into the agent's memory, down to
+// a rate per CPU (a token bucket kept in time: credit_ns grows with the
+// clock up to burst_ns, each SYN let through costs cost_ns). The agent
+// shuts the gate (sets until_ns, on CLOCK_MONOTONIC) while its workers see
+// the table at its bound, and lets it open by itself when they no longer do.
+struct syn_gate {
+	__u64 until_ns;
+	__u64 cost_ns;
+	__u64 burst_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct syn_gate);
+} syn_gate SEC(".maps");
+
+struct syn_bucket {
+	__u64 credit_ns;
+	__u64 last_ns;
+	__u64 shed; // SYNs dropped on this CPU
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct syn_bucket);
+} syn_buckets SEC(".maps");
+
+// shed_syn reports whether ip, a packet to a Service frontend, is a TCP
+// SYN (without ACK: a new flow) to drop because the gate is shut and this
+// CPU's bucket is empty.
+static __always_inline int shed_syn(struct iphdr *ip, void *end)
+{
+	__u32 zero = 0;
+	if (ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < 20 || ihl > 60)
+		return 0;
+	__u8 *tcp = (void *)ip + ihl;
+	if ((void *)(tcp + 14) > end || (tcp[13] & 0x12) != 0x02)
+		return 0;
+	struct syn_gate *g = bpf_map_lookup_elem(&syn_gate, &zero);
+	if (!g || !g->until_ns)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	if (now >= g->until_ns)
+		return 0;
+	struct syn_bucket *b = bpf_map_lookup_elem(&syn_buckets, &zero);
+	if (!b)
+		return 0;
+	__u64 credit = b->credit_ns + (now - b->last_ns);
+	if (credit > g->burst_ns)
+		credit = g->burst_ns;
+	b->last_ns = now;
+	if (credit >= g->cost_ns) {
+		b->credit_ns = credit - g->cost_ns;
+		return 0;
+	}
+	b->credit_ns = credit;
+	b->shed++;
+	return 1;
+}
+
 // agent_port reports whether a TCP/UDP packet to one of the node's
 // addresses is the agent's: to a NodePort or to an SNAT port.
 static __always_inline int snat_port(__u16 port)
@@ -154,8 +222,11 @@ int tl_trunk(struct xdp_md *ctx)
 			return XDP_PASS;
 		__u32 dst = ip->daddr;
 		if (bpf_map_lookup_elem(&vips, &dst) ||
-		    (bpf_map_lookup_elem(&node_addrs, &dst) && agent_port(ip, end)))
+		    (bpf_map_lookup_elem(&node_addrs, &dst) && agent_port(ip, end))) {
+			if (shed_syn(ip, end))
+				return XDP_DROP;
 			return bpf_redirect_map(&trunk_xsks, ctx->rx_queue_index, XDP_PASS);
+		}
 		return XDP_PASS;
 	}
 	if (!is_tag(eth->h_proto))
