@@ -138,6 +138,12 @@ func TestMetrics(t *testing.T) {
 	if v := value(after, "trunkline_ready", nil); v != 1 {
 		t.Errorf("trunkline_ready = %v", v)
 	}
+	if v := value(after, "process_resident_memory_bytes", nil); v < 1<<20 {
+		t.Errorf("process_resident_memory_bytes = %v; want the agent's RSS", v)
+	}
+	if v := value(after, "go_goroutines", nil); v < 1 {
+		t.Errorf("go_goroutines = %v; want the agent's goroutines", v)
+	}
 	promtool := tool(t, "promtool", "apt-get install prometheus")
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(raw)
