@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,15 +26,28 @@ type agentProc struct {
 
 // startAgent runs `trunkline run --config … [--worker-cpus cpu]` inside the
 // node namespace and waits until /readyz answers 200 on the bed's API
-// socket. A cpu < 0 leaves the worker unpinned.
-func startAgent(ctx context.Context, b *bed.Bed, binary string, cpu int, extra []string) (*agentProc, error) {
+// socket. A cpu < 0 leaves the worker unpinned; conntrackMax > 0 bounds its
+// connection table (the bed's config with conntrack.maxEntries added).
+func startAgent(ctx context.Context, b *bed.Bed, binary string, cpu, conntrackMax int, extra []string) (*agentProc, error) {
 	args := append([]string(nil), extra...)
 	if cpu >= 0 {
 		args = append(args, "--worker-cpus", strconv.Itoa(cpu))
 	}
+	config := b.ConfigPath
+	if conntrackMax > 0 {
+		base, err := os.ReadFile(b.ConfigPath)
+		if err != nil {
+			return nil, err
+		}
+		config = filepath.Join(filepath.Dir(b.ConfigPath), "trunkline-bench.yaml")
+		more := fmt.Sprintf("\nconntrack:\n  maxEntries: %d\n", conntrackMax)
+		if err := os.WriteFile(config, append(bytes.TrimRight(base, "\n"), more...), 0o644); err != nil {
+			return nil, err
+		}
+	}
 	out := &lockedBuffer{}
 	p, err := agentproc.Start(ctx, agentproc.Options{
-		Binary: binary, Netns: b.Node.Netns, Config: b.ConfigPath, Socket: b.APISocket(),
+		Binary: binary, Netns: b.Node.Netns, Config: config, Socket: b.APISocket(),
 		Args: args, Log: out, ReadyTimeout: agentReadyTimeout,
 	})
 	if err != nil {

@@ -92,7 +92,7 @@ func (t *trunklinePeer) placementText() string {
 func (t *trunklinePeer) notApplicable(testCase) string { return "" }
 
 func (t *trunklinePeer) up(ctx context.Context, s *session) error {
-	a, err := startAgent(ctx, s.b, t.binary, t.cpu, s.o.AgentArgs)
+	a, err := startAgent(ctx, s.b, t.binary, t.cpu, s.conntrackMax, s.o.AgentArgs)
 	if err != nil {
 		return err
 	}

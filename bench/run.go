@@ -218,6 +218,10 @@ type session struct {
 	loaded string
 	// restoreCT puts the host's connection table bound back.
 	restoreCT func()
+	// conntrackMax is the connection-table bound every dataplane gets when
+	// a case pre-fills the table (0: each its default), so that none of
+	// them measures at its bound.
+	conntrackMax int
 }
 
 type genKey struct {
@@ -269,7 +273,8 @@ func (s *session) setUp(ctx context.Context, cases []testCase) error {
 		most = max(most, c.conntrack)
 	}
 	if most > 0 {
-		if s.restoreCT, err = raiseConntrackMax(most + most/4 + 100000); err != nil {
+		s.conntrackMax = most + most/4 + 100000
+		if s.restoreCT, err = raiseConntrackMax(s.conntrackMax); err != nil {
 			return err
 		}
 	}
