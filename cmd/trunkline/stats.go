@@ -54,8 +54,8 @@ func show[T any](ctx context.Context, args []string, name string, out io.Writer,
 
 func writeStatusTable(out io.Writer, st agent.Status) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "version\t%s\ntrunk\t%s\nnode IP\t%s\nXDP mode\t%s\nqueues\t%d\npods\t%d\nservices\t%d (%d frontends)\nready\t%v\nuptime\t%.0fs\n",
-		st.Version, st.Trunk, st.NodeIP, st.XDPMode, st.Queues, st.Pods, st.Services, st.Frontends, st.Ready, st.UptimeSec)
+	fmt.Fprintf(tw, "version\t%s\ntrunk\t%s\nnode IP\t%s\nXDP mode\t%s\nqueues\t%d\npods\t%d\nservices\t%d (%d frontends)\ndraining backends\t%d\nready\t%v\nuptime\t%.0fs\n",
+		st.Version, st.Trunk, st.NodeIP, st.XDPMode, st.Queues, st.Pods, st.Services, st.Frontends, st.DrainingBackends, st.Ready, st.UptimeSec)
 	return tw.Flush()
 }
 

@@ -62,7 +62,7 @@ func TestTopGolden(t *testing.T) {
 func TestStatusPodsServicesConntrackTablesGolden(t *testing.T) {
 	var b bytes.Buffer
 	writeStatusTable(&b, agent.Status{Version: "v1.2.3", Trunk: "eth1", NodeIP: "10.100.0.2", XDPMode: "native", Queues: 1,
-		Pods: 2, Services: 5, Frontends: 7, Ready: true, UptimeSec: 3600})
+		Pods: 2, Services: 5, Frontends: 7, DrainingBackends: 1, Ready: true, UptimeSec: 3600})
 	golden(t, "status.txt", b.Bytes())
 	b.Reset()
 	writePodsTable(&b, sampleStats(1).Pods)
