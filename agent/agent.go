@@ -53,6 +53,9 @@ type Agent struct {
 	nodeMAC  [6]byte
 	workers  []*workerState
 
+	// synGateUntil is when the SYN gate opens again (Unix ns; see gateSYNs).
+	synGateUntil atomic.Int64
+
 	mu   sync.Mutex // guards pods
 	pods []*podState
 
@@ -543,6 +546,8 @@ func (a *Agent) gateSYNs(last uint64) uint64 {
 	if n != last && a.progs != nil {
 		if err := a.progs.ShutSYNGate(synGateHold, dataplane.FloodNewFlowRate, dataplane.FloodNewFlowBurst); err != nil {
 			a.log.Error("SYN gate", "err", err)
+		} else {
+			a.synGateUntil.Store(time.Now().Add(synGateHold).UnixNano())
 		}
 	}
 	return n

@@ -127,6 +127,10 @@ type Stats struct {
 	State StateStats `json:"state"`
 	// Goroutines is the agent's goroutine count, for leak checks.
 	Goroutines int `json:"goroutines"`
+	// SYNGateShut: the trunk's XDP program sheds SYNs to Service frontends
+	// beyond the flood rate (the connection table was found at its bound
+	// within the last second).
+	SYNGateShut bool `json:"synGateShut"`
 }
 
 // Status is the answer of GET /v1/status.
@@ -149,7 +153,8 @@ type Status struct {
 // Stats collects every counter. Frame accounting is read on each worker's
 // goroutine, between batches.
 func (a *Agent) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}, State: a.stateSnapshot(), Goroutines: runtime.NumGoroutine()}
+	st := Stats{Drops: map[string]uint64{}, State: a.stateSnapshot(), Goroutines: runtime.NumGoroutine(),
+		SYNGateShut: time.Now().UnixNano() < a.synGateUntil.Load()}
 	if a.ct != nil {
 		cs := a.ct.Stats()
 		st.Conntrack = ConntrackStats{Entries: cs.Entries, MaxEntries: cs.MaxEntries, Inserts: cs.Inserts,

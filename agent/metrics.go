@@ -47,6 +47,7 @@ var (
 	descPolls       = prometheus.NewDesc("trunkline_worker_polls_total", "Times a worker blocked waiting for frames.", []string{"queue"}, nil)
 	descPods        = prometheus.NewDesc("trunkline_pods", "Pods the agent forwards for.", nil, nil)
 	descServices    = prometheus.NewDesc("trunkline_services", "Service ports the agent serves.", nil, nil)
+	descSYNGate     = prometheus.NewDesc("trunkline_syn_gate_shut", "1 while the trunk's XDP program sheds SYNs to Service frontends beyond the flood rate (the connection table was found at its bound).", nil, nil)
 	descDraining    = prometheus.NewDesc("trunkline_draining_backends", "Backends removed from every Service whose connections still run (translated until they end).", nil, nil)
 	descReady       = prometheus.NewDesc("trunkline_ready", "1 when the agent forwards.", nil, nil)
 	descSvcPackets  = prometheus.NewDesc("trunkline_service_packets_total", "Packets of a Service port's translated flows, both directions.", []string{"service"}, nil)
@@ -94,7 +95,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPortDrops, descRxPackets, descRxBytes, descTxPackets, descTxBytes, descKernelDrops, descDrops,
 		descRejects, descRemaps, descCTEntries, descSNATInUse, descCTMax, descCTInserts, descCTFull, descCTEarly, descCTExpired, descUMEM,
 		descBatches, descFrames, descPolls, descPods, descServices, descReady, descBatchSize, descBatchTime, descSvcPackets, descSvcConns,
-		descRestored, descRestoreDrop, descRefused, descSnapshots, descSnapErrors, descSnapSeconds, descSnapBytes} {
+		descRestored, descRestoreDrop, descRefused, descSnapshots, descSnapErrors, descSnapSeconds, descSnapBytes, descDraining, descSYNGate} {
 		ch <- d
 	}
 }
@@ -198,6 +199,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descPods, float64(len(st.Pods)))
 	gauge(descServices, float64(s.Services))
 	gauge(descDraining, float64(s.DrainingBackends))
+	shut := 0.0
+	if st.SYNGateShut {
+		shut = 1
+	}
+	gauge(descSYNGate, shut)
 	ready := 0.0
 	if s.Ready {
 		ready = 1

@@ -85,6 +85,7 @@ type floodResult struct {
 	limited      uint64 // new_flow_limit drops
 	full         uint64 // conntrack_full drops
 	kernelDrops  uint64 // frames the trunk socket's kernel side dropped
+	gateShut     bool   // the SYN gate was shut at the flood's end
 	ringDrops    uint64 // frames the trunk veth lost before its XDP program ran
 	xdpSeen      uint64 // frames the trunk veth's XDP program saw
 	afterEntries int
@@ -145,6 +146,7 @@ func synFlood(t *testing.T, b *bed.Bed, a *agentproc.Proc, g *gen.Generator, svc
 	r.earlyDrops = ct.EarlyDrops - before.Conntrack.EarlyDrops
 	r.limited = during.Drops["new_flow_limit"] - before.Drops["new_flow_limit"]
 	r.full = during.Drops["conntrack_full"] - before.Drops["conntrack_full"]
+	r.gateShut = during.SYNGateShut
 	for i := range during.Interfaces {
 		r.kernelDrops += during.Interfaces[i].Kernel.RxDropped - before.Interfaces[i].Kernel.RxDropped
 	}
@@ -237,6 +239,9 @@ func TestSYNFlood(t *testing.T) {
 		if r.earlyDrops == 0 || r.limited == 0 {
 			t.Errorf("%d early drops and %d new_flow_limit drops: the flood never met the table's bound", r.earlyDrops, r.limited)
 		}
+		if !r.gateShut {
+			t.Error("the SYN gate was open at the flood's end (synGateShut false)")
+		}
 	}
 	// The stream is paced at 500 Mbit/s, what this 2-core bed carries with
 	// room to spare (unpaced it takes the whole worker by itself, and any
@@ -259,7 +264,12 @@ func TestSYNFlood(t *testing.T) {
 			t.Logf("the generator outran the veth's receive path: %.1f%% of the frames, the stream's among them, were lost before any program ran; the stream kept %.0f%% and was not reset", 100*ringLoss, 100*r.mid/r.before)
 		}
 	})
-	t.Run("the Service takes new connections after the floods", func(t *testing.T) {
+	t.Run("the SYN gate opens and the Service takes new connections after the floods", func(t *testing.T) {
+		for deadline := time.Now().Add(3 * time.Second); stats(t, a).SYNGateShut; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the SYN gate is still shut 3 s after the flood")
+			}
+		}
 		echo := b.Service("default/echo-tcp")
 		c := dial(t, b.Wire.Netns, "tcp", netip.AddrPortFrom(echo.VIP, echo.Port))
 		c.SetDeadline(time.Now().Add(3 * time.Second))

@@ -141,6 +141,11 @@ func TestMetrics(t *testing.T) {
 	if v := value(after, "process_resident_memory_bytes", nil); v < 1<<20 {
 		t.Errorf("process_resident_memory_bytes = %v; want the agent's RSS", v)
 	}
+	for _, name := range []string{"trunkline_draining_backends", "trunkline_syn_gate_shut"} {
+		if after[name] == nil {
+			t.Errorf("%s is not exported", name)
+		}
+	}
 	if v := value(after, "go_goroutines", nil); v < 1 {
 		t.Errorf("go_goroutines = %v; want the agent's goroutines", v)
 	}
