@@ -503,7 +503,7 @@ func TestStateMetrics(t *testing.T) {
 	old.saveState(true)
 	fresh := stateAgent(t, dir, func(c *Config) { c.Services[0].Backends = []string{"pod1"} })
 	fresh.restoreState(fresh.services.Load())
-	reg := prometheus.NewRegistry()
+	reg := prometheus.NewPedanticRegistry() // also: every collected metric is described
 	reg.MustRegister(collector{fresh})
 	mfs, err := reg.Gather()
 	if err != nil {
