@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -462,6 +463,9 @@ func TestBed(t *testing.T) {
 		}
 		waited := make(chan error, 1)
 		go func() { waited <- sleeper.Wait() }()
+		// `ip netns exec` enters the namespace after it starts: wait until
+		// the sleeper is there, or Down could look before it arrives.
+		inNetns(t, sleeper.Process.Pid, b.Pods[0].Netns)
 		if err := b.Down(); err != nil {
 			t.Fatal(err)
 		}
@@ -901,4 +905,22 @@ func fdTargets(t *testing.T) []string {
 		out = append(out, e.Name()+"→"+target)
 	}
 	return out
+}
+
+// inNetns waits (bounded) until process pid has exec'd into netns.
+func inNetns(t *testing.T, pid int, netns string) {
+	t.Helper()
+	var want unix.Stat_t
+	if err := unix.Stat(filepath.Join("/run/netns", netns), &want); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		var got unix.Stat_t
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &got) == nil && got.Ino == want.Ino && got.Dev == want.Dev &&
+			strings.TrimSpace(string(comm)) != "ip" {
+			return
+		}
+	}
+	t.Fatalf("process %d did not enter %s within 5s", pid, netns)
 }

@@ -141,12 +141,15 @@ func removeNetns(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	for _, pid := range pids {
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return fmt.Errorf("kill %d in %s: %w", pid, name, err)
-		}
-	}
+	// Each scan kills what it finds: a process that entered the namespace
+	// after the first scan (an `ip netns exec` between open and exec) is
+	// caught by the next.
 	for deadline := time.Now().Add(3 * time.Second); len(pids) > 0 && time.Now().Before(deadline); {
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("kill %d in %s: %w", pid, name, err)
+			}
+		}
 		time.Sleep(20 * time.Millisecond)
 		if pids, err = netnsPids(ctx, name); err != nil {
 			return err
