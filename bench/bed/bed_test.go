@@ -377,6 +377,41 @@ func TestBed(t *testing.T) {
 		}
 	})
 
+	t.Run("steer the VPC", func(t *testing.T) {
+		rps := func() uint64 {
+			t.Helper()
+			out, err := Run(ctx, "ip", "netns", "exec", b.Wire.Netns, "cat", "/sys/class/net/"+b.Wire.Ifname+"/queues/rx-0/rps_cpus")
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := strconv.ParseUint(strings.ReplaceAll(strings.TrimSpace(out), ",", ""), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		if err := b.SteerVPC(runtime.NumCPU()); err == nil {
+			t.Error("SteerVPC to a CPU this machine lacks: no error")
+		}
+		cpu := runtime.NumCPU() - 1
+		if err := b.SteerVPC(cpu); err != nil {
+			t.Fatal(err)
+		}
+		if got := rps(); got != 1<<cpu {
+			t.Errorf("rps_cpus after SteerVPC(%d) = %#x", cpu, got)
+		}
+		// Frames still reach the wire with its receive steered.
+		if err := ping(ctx, b.Node.Netns, b.Wire.IP); err != nil {
+			t.Error(err)
+		}
+		if err := b.UnsteerVPC(); err != nil {
+			t.Fatal(err)
+		}
+		if got := rps(); got != 0 {
+			t.Errorf("rps_cpus after UnsteerVPC = %#x", got)
+		}
+	})
+
 	t.Run("kernel path", func(t *testing.T) {
 		if err := b.EnableKernelPath(); err != nil {
 			t.Fatal(err)
@@ -923,4 +958,12 @@ func inNetns(t *testing.T, pid int, netns string) {
 		}
 	}
 	t.Fatalf("process %d did not enter %s within 5s", pid, netns)
+}
+
+func TestCPUMask(t *testing.T) {
+	for cpu, want := range map[int]string{0: "1", 1: "2", 5: "20", 31: "80000000", 32: "1,00000000", 65: "2,00000000,00000000"} {
+		if got := cpuMask(cpu); got != want {
+			t.Errorf("cpuMask(%d) = %q, want %q", cpu, got, want)
+		}
+	}
 }
