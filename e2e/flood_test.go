@@ -192,7 +192,7 @@ const vpcCPU = 0
 // At 300,000 SYNs/s — about three times the new flows a worker can start
 // here, each costing the backend pod's work inside the worker's transmit;
 // without new_flow_limit the stream stops — the stream keeps at least
-// half its throughput. At the generator's full rate (2.3-3.1 million/s
+// half its throughput. At the generator's full rate (2-4 million/s
 // here, where it shares its CPU with the trunk's receive) the trunk
 // program's SYN gate sheds the excess in XDP, before any copy to the
 // agent, and the stream keeps at least half its throughput too. Either

@@ -342,8 +342,9 @@ func (p *Programs) ShutSYNGate(d time.Duration, perSecond, burst int) error {
 	if perSecond <= 0 || burst <= 0 {
 		return fmt.Errorf("syn gate: rate %d/s and burst %d must be positive", perSecond, burst)
 	}
+	// The program reads the coarse monotonic clock.
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
 		return fmt.Errorf("syn gate: %w", err)
 	}
 	cost := uint64(time.Second) / uint64(perSecond)
