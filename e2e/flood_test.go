@@ -74,7 +74,7 @@ func mean(xs []float64) float64 {
 
 // floodResult is what one flood against a Service did.
 type floodResult struct {
-	offered      float64   // SYNs/s the generator sent
+	offered      float64   // frames/s the generator sent
 	before, mid  float64   // the stream's bits/s before and during the flood
 	intervals    []float64 // the stream's Mbit/s per second
 	iperfErr     string    // the stream's error (a reset, a closed control connection)
@@ -91,11 +91,11 @@ type floodResult struct {
 	afterEntries int
 }
 
-// synFlood runs a 9-second iperf3 stream from the VPC to svc and, from
-// 3.2 s for 3.5 s, floods svc's VIP with the generator's SYNs at rate
-// frames/s (0: as fast as it goes). Before is the stream's seconds 1-2,
+// flood runs a 9-second iperf3 stream from the VPC to svc and, from
+// 3.2 s for 3.5 s, runs the generator g (its frames go where its spec
+// says) at rate frames/s (0: as fast as it goes). Before is the stream's seconds 1-2,
 // during its seconds 4-6.
-func synFlood(t *testing.T, b *bed.Bed, a *agentproc.Proc, g *gen.Generator, svc *bed.Service, rate uint64, iperfArgs ...string) floodResult {
+func flood(t *testing.T, b *bed.Bed, a *agentproc.Proc, g *gen.Generator, svc *bed.Service, rate uint64, iperfArgs ...string) floodResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
@@ -187,6 +187,40 @@ func nicStats(t *testing.T, b *bed.Bed, netns, ifname string) map[string]uint64 
 // cores; the agent's worker and the pods have the other CPU.
 const vpcCPU = 0
 
+// floodMaxEntries is the connection table's bound in the flood tests.
+const floodMaxEntries = 4096
+
+// floodBed brings up a 2-pod bed for a flood from the VPC: the spoofed
+// sources 172.16.0.0/16 are blackholed in the VPC (the answers to them
+// vanish there; without the route the bed's VPC would answer each with an
+// ICMP unreachable), the agent's table is bounded at floodMaxEntries, the
+// VPC side works on vpcCPU and each pod runs an iperf3 server.
+func floodBed(t *testing.T, prefix string) (*bed.Bed, *agentproc.Proc) {
+	e := newEnv(t, prefix, 2)
+	b := e.b
+	tool(t, "iperf3", "apt-get install iperf3")
+	if out, err := b.Command(context.Background(), b.Wire.Netns, "ip", "route", "add", "blackhole", "172.16.0.0/16").CombinedOutput(); err != nil {
+		t.Fatalf("blackhole route: %v\n%s", err, out)
+	}
+	e.withConfig(fmt.Sprintf("conntrack:\n  maxEntries: %d", floodMaxEntries))
+	a := e.startAgent()
+	// The VPC — the generator, the stream's client and the wire's receive
+	// — works on one CPU, and with it the trunk's receive (see
+	// bed.SteerVPC): the node's NIC queue off the worker's CPU.
+	if err := b.SteerVPC(vpcCPU); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range b.Pods {
+		srv := b.Command(context.Background(), p.Netns, "iperf3", "-s", "-p", fmt.Sprint(bed.IperfPort))
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+		waitListening(t, b, p.Netns, bed.IperfPort)
+	}
+	return b, a
+}
+
 // TestSYNFlood floods a Service VIP from the VPC with TCP SYNs from a
 // million spoofed sources while a TCP stream to the same Service runs.
 // At 300,000 SYNs/s — about three times the new flows a worker can start
@@ -207,33 +241,8 @@ const vpcCPU = 0
 // and at 3.5-4.2 million/s the veth's ring overflowed, the stream's
 // frames among the lost, and the stream fell to 15-48%.
 func TestSYNFlood(t *testing.T) {
-	e := newEnv(t, fmt.Sprintf("tlfld%d", os.Getpid()%10000), 2)
-	b := e.b
-	tool(t, "iperf3", "apt-get install iperf3")
-	// The spoofed sources do not exist in the VPC: the SYN-ACKs to them
-	// vanish there (without the route the bed's VPC would answer each
-	// with an ICMP unreachable).
-	if out, err := b.Command(context.Background(), b.Wire.Netns, "ip", "route", "add", "blackhole", "172.16.0.0/16").CombinedOutput(); err != nil {
-		t.Fatalf("blackhole route: %v\n%s", err, out)
-	}
-	const maxEntries = 4096
-	e.withConfig(fmt.Sprintf("conntrack:\n  maxEntries: %d", maxEntries))
-	a := e.startAgent()
-	// The VPC — the generator, the stream's client and the wire's receive
-	// — works on CPU 0, and with it the trunk's receive (see
-	// bed.SteerVPC): the node's NIC queue off the worker's CPU.
-	if err := b.SteerVPC(vpcCPU); err != nil {
-		t.Fatal(err)
-	}
+	b, a := floodBed(t, fmt.Sprintf("tlfld%d", os.Getpid()%10000))
 	svc := b.Service("default/iperf")
-	for _, p := range b.Pods {
-		srv := b.Command(context.Background(), p.Netns, "iperf3", "-s", "-p", fmt.Sprint(bed.IperfPort))
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-		waitListening(t, b, p.Netns, bed.IperfPort)
-	}
 	g, err := gen.NewGenerator(gen.FrameSpec{
 		TCPSYN: true, SrcMAC: b.Wire.MAC, DstMAC: b.Node.TrunkMAC,
 		SrcIP: netip.MustParseAddr("172.16.0.0"), Hosts: 256, SrcPortBase: 1024, Flows: 4096,
@@ -246,11 +255,11 @@ func TestSYNFlood(t *testing.T) {
 
 	check := func(t *testing.T, r floodResult) {
 		t.Helper()
-		if r.iperfErr != "" {
-			t.Errorf("the stream failed during the flood: %s", r.iperfErr)
+		if r.iperfErr != "" || r.before == 0 {
+			t.Errorf("the stream failed during the flood: %q, %.0f Mbit/s before it", r.iperfErr, r.before/1e6)
 		}
-		if r.peak > maxEntries || r.afterEntries > maxEntries {
-			t.Errorf("conntrack held %d entries (%d after), bound %d", r.peak, r.afterEntries, maxEntries)
+		if r.peak > floodMaxEntries || r.afterEntries > floodMaxEntries {
+			t.Errorf("conntrack held %d entries (%d after), bound %d", r.peak, r.afterEntries, floodMaxEntries)
 		}
 		if r.earlyDrops == 0 || r.limited == 0 {
 			t.Errorf("%d early drops and %d new_flow_limit drops: the flood never met the table's bound", r.earlyDrops, r.limited)
@@ -263,14 +272,14 @@ func TestSYNFlood(t *testing.T) {
 	// room to spare (unpaced it takes the whole worker by itself, and any
 	// extra load then costs it throughput, flood or not).
 	t.Run("300,000 SYNs/s: the stream keeps half its throughput", func(t *testing.T) {
-		r := synFlood(t, b, a, g, svc, 300_000, "-b", "500M", "-A", fmt.Sprint(vpcCPU))
+		r := flood(t, b, a, g, svc, 300_000, "-b", "500M", "-A", fmt.Sprint(vpcCPU))
 		check(t, r)
 		if r.mid < r.before/2 {
 			t.Errorf("the stream fell to %.0f%% of its throughput during the flood, want at least 50%%", 100*r.mid/r.before)
 		}
 	})
 	t.Run("the generator's full rate: the stream keeps half its throughput", func(t *testing.T) {
-		r := synFlood(t, b, a, g, svc, 0, "-b", "500M", "-A", fmt.Sprint(vpcCPU))
+		r := flood(t, b, a, g, svc, 0, "-b", "500M", "-A", fmt.Sprint(vpcCPU))
 		check(t, r)
 		if r.mid < r.before/2 {
 			t.Errorf("the stream fell to %.0f%% of its throughput during the flood, want at least 50%% (%.1f%% of the frames were lost in the trunk veth's ring, before any program)",
@@ -283,17 +292,71 @@ func TestSYNFlood(t *testing.T) {
 				t.Fatal("the SYN gate is still shut 3 s after the flood")
 			}
 		}
-		echo := b.Service("default/echo-tcp")
-		c := dial(t, b.Wire.Netns, "tcp", netip.AddrPortFrom(echo.VIP, echo.Port))
-		c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.Write([]byte("after")); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 5)
-		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "after" {
-			t.Fatalf("echo after the flood: %q %v", buf, err)
-		}
+		echoAfter(t, b)
 	})
+}
+
+// echoAfter opens a new TCP connection to the echo Service and checks an
+// echo comes back within 3 s.
+func echoAfter(t *testing.T, b *bed.Bed) {
+	t.Helper()
+	echo := b.Service("default/echo-tcp")
+	c := dial(t, b.Wire.Netns, "tcp", netip.AddrPortFrom(echo.VIP, echo.Port))
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "after" {
+		t.Fatalf("echo after the flood: %q %v", buf, err)
+	}
+}
+
+// TestUDPFlood floods the UDP echo Service — it answers every datagram, as
+// a DNS server does — from a million spoofed sources while a TCP stream
+// runs to another Service. Each datagram and its answer is a connection,
+// none of them a stream (nothing follows 2 s later), so the table at its
+// bound evicts them for new flows, as nf_conntrack does: the stream keeps
+// at least half its throughput and is not reset, and right after the
+// flood, with its connections still in the table, a new TCP connection
+// works at once. (While an answered UDP flow counted as assured from its
+// first answer, 4096 answered datagrams filled the table with flows
+// nothing could evict, for two minutes, and no new connection through a
+// Service could start.)
+func TestUDPFlood(t *testing.T) {
+	b, a := floodBed(t, fmt.Sprintf("tludp%d", os.Getpid()%10000))
+	svc, udp := b.Service("default/iperf"), b.Service("default/echo-udp")
+	g, err := gen.NewGenerator(gen.FrameSpec{
+		SrcMAC: b.Wire.MAC, DstMAC: b.Node.TrunkMAC,
+		SrcIP: netip.MustParseAddr("172.16.0.0"), Hosts: 256, SrcPortBase: 1024, Flows: 4096,
+		DstIP: udp.VIP, DstPort: udp.Port,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for _, rate := range []uint64{300_000, 0} {
+		name := "the generator's full rate"
+		if rate != 0 {
+			name = fmt.Sprintf("%d datagrams/s", rate)
+		}
+		t.Run(name, func(t *testing.T) {
+			r := flood(t, b, a, g, svc, rate, "-b", "500M", "-A", fmt.Sprint(vpcCPU))
+			if r.iperfErr != "" || r.before == 0 {
+				t.Errorf("the stream failed during the flood: %q, %.0f Mbit/s before it", r.iperfErr, r.before/1e6)
+			}
+			if r.mid < r.before/2 {
+				t.Errorf("the stream fell to %.0f%% of its throughput during the flood, want at least 50%%", 100*r.mid/r.before)
+			}
+			if r.peak > floodMaxEntries || r.afterEntries > floodMaxEntries {
+				t.Errorf("conntrack held %d entries (%d after), bound %d", r.peak, r.afterEntries, floodMaxEntries)
+			}
+			if r.earlyDrops == 0 {
+				t.Errorf("no early drops: the flood's answered datagrams were never evicted (%d inserts, %d conntrack_full)", r.inserts, r.full)
+			}
+			echoAfter(t, b)
+		})
+	}
 }
 
 // TestSNATExhaustionSparesEstablishedFlows gives masquerade one SNAT port:

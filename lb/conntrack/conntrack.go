@@ -74,11 +74,13 @@
 // reclaims one: an expired connection if it sees one, else the embryonic one
 // closest to expiry. Embryonic means not assured: TCP whose handshake has not
 // completed (SYN_SENT, SYN_RECV, or picked up mid-stream and not yet
-// answered), or UDP/ICMP/other never answered; finished TCP (TIME_WAIT,
-// CLOSE) is also fair game. Assured connections (TCP established with both
-// directions seen, UDP/ICMP answered) are never evicted for a new one, so a
-// SYN flood churns through embryonic entries while established flows
-// survive. If the window holds nothing to reclaim, Insert returns [Full].
+// answered), UDP never answered or answered but not yet a stream (no packet
+// 2 s or more after it began: a DNS query and its answer), ICMP/other never
+// answered; finished TCP (TIME_WAIT, CLOSE) is also fair game. Assured
+// connections (TCP established with both directions seen, UDP streams,
+// ICMP/other answered) are never evicted for a new one, so a SYN flood, or
+// a flood of answered datagrams, churns through embryonic entries while
+// established flows survive. If the window holds nothing to reclaim, Insert returns [Full].
 package conntrack
 
 import (
@@ -183,7 +185,7 @@ type Conn struct {
 
 	State    TCPState // TCP only
 	Replied  bool     // a packet matched Reply
-	Assured  bool     // established both ways; never early-dropped
+	Assured  bool     // established both ways (UDP: a stream); never early-dropped
 	Created  Time     // whole seconds
 	LastSeen Time     // last packet that refreshed the timeout; whole seconds
 	Expires  Time     // first instant the connection counts as expired
@@ -201,8 +203,8 @@ type Timeouts struct {
 	TCPLastAck     time.Duration // [30s]
 	TCPTimeWait    time.Duration // [120s]
 	TCPClose       time.Duration // [10s]
-	UDPUnreplied   time.Duration // [30s] no reply seen yet
-	UDPReplied     time.Duration // [120s] reply seen ("stream")
+	UDPUnreplied   time.Duration // [30s] no reply seen yet, or not yet a stream
+	UDPReplied     time.Duration // [120s] a stream: replied, and a packet 2 s or more after the first
 	ICMP           time.Duration // [30s]
 	Other          time.Duration // [600s] any other protocol
 }

@@ -204,7 +204,7 @@ func (t *Table) Restore(s *Saved, now Time) InsertResult {
 	sl.reply[1].Store(r1)
 	sl.svc.Store(uint64(s.ServiceID)<<32 | uint64(s.Backend))
 	sl.misc.Store(uint64(s.Flags)<<32 | uint64(created))
-	ttl := min(s.TTL, t.timeout(s.Orig.Proto, s.State, s.Replied))
+	ttl := min(s.TTL, t.timeout(s.Orig.Proto, s.State, s.Assured))
 	st := sl.st.Load()&stGenMask | stLive | uint64(s.State)<<stStateShift | uint64(s.Closer&1)<<stCloserShift |
 		uint64(addSat(nowSec, ttl))
 	if s.Replied {

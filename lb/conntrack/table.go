@@ -219,12 +219,15 @@ func evictable(st uint64) bool {
 	return st&stAssured == 0 || s == TCPTimeWait || s == TCPClose
 }
 
-func (t *Table) timeout(proto uint8, s TCPState, replied bool) uint32 {
+// timeout is how long a connection lives after a packet. For UDP, stream
+// says the flow is a stream (see udpStreamAfter): only those get the
+// replied timeout.
+func (t *Table) timeout(proto uint8, s TCPState, stream bool) uint32 {
 	switch proto {
 	case ProtoTCP:
 		return t.timeouts[s]
 	case ProtoUDP:
-		if replied {
+		if stream {
 			return t.timeouts[toUDPReplied]
 		}
 		return t.timeouts[toUDPUnreplied]
@@ -241,9 +244,19 @@ func addSat(a, b uint32) uint32 {
 	return 1<<32 - 1
 }
 
+// udpStreamAfter is how long, in seconds, a replied UDP flow must stay
+// active before it counts as a stream: as nf_conntrack does, a UDP flow
+// that has seen a reply is assured, and gets the replied timeout, only
+// when a packet comes 2 s or more after it began. A single exchange (a DNS
+// query and its answer) keeps the unreplied timeout and stays evictable,
+// so a flood of answered datagrams from spoofed sources cannot fill the
+// table with connections nothing may evict for two minutes.
+const udpStreamAfter = 2
+
 // advance returns the state word after a packet; st itself when the packet
-// is ignored or changes nothing (same state, same deadline second).
-func (t *Table) advance(st uint64, proto uint8, d Dir, flags uint8, nowSec uint32) uint64 {
+// is ignored or changes nothing (same state, same deadline second). created
+// is the connection's creation second.
+func (t *Table) advance(st uint64, proto uint8, d Dir, flags uint8, nowSec, created uint32) uint64 {
 	s := TCPState(st & stStateMask >> stStateShift)
 	closer := st >> stCloserShift & 1
 	if proto == ProtoTCP {
@@ -258,10 +271,16 @@ func (t *Table) advance(st uint64, proto uint8, d Dir, flags uint8, nowSec uint3
 		nst |= stReplied
 	}
 	replied := nst&stReplied != 0
-	if replied && (proto != ProtoTCP || s == TCPEstablished) {
+	switch {
+	case !replied:
+	case proto == ProtoTCP:
+		if s == TCPEstablished {
+			nst |= stAssured
+		}
+	case proto != ProtoUDP || nowSec-created >= udpStreamAfter:
 		nst |= stAssured
 	}
-	deadline := addSat(nowSec, t.timeout(proto, s, replied))
+	deadline := addSat(nowSec, t.timeout(proto, s, nst&stAssured != 0))
 	return nst | uint64(s)<<stStateShift | closer<<stCloserShift | uint64(deadline)
 }
 
@@ -277,7 +296,7 @@ func (t *Table) fill(c *Conn, w *words, st uint64) {
 	c.Assured = st&stAssured != 0
 	c.Created = Time(uint32(w.misc)) * 1e9
 	deadline := uint32(st & stDeadlineMask)
-	to := t.timeout(protoOf(w.orig1), c.State, c.Replied)
+	to := t.timeout(protoOf(w.orig1), c.State, c.Assured)
 	c.LastSeen = Time(deadline-min(to, deadline)) * 1e9
 	c.Expires = Time(int64(deadline)+1) * 1e9
 }
@@ -351,7 +370,7 @@ func (t *Table) Lookup(k Key, tcpFlags uint8, now Time) (c Conn, d Dir, ok bool)
 			if expired(st, nowSec) {
 				return c, 0, false
 			}
-			nst := t.advance(st, proto, d, tcpFlags, nowSec)
+			nst := t.advance(st, proto, d, tcpFlags, nowSec, uint32(w.misc))
 			if nst == st || sl.st.CompareAndSwap(st, nst) {
 				t.fill(&c, &w, nst)
 				return c, d, true

@@ -91,6 +91,42 @@ func TestUDPTimeouts(t *testing.T) {
 	if tb.Expire(sec(230), 100) != 0 || tb.Expire(sec(231), 100) != 1 {
 		t.Fatal("unreplied timeout")
 	}
+	// A single exchange (a DNS query and its answer) is not a stream: it
+	// keeps the unreplied timeout and may be evicted, until a packet comes
+	// 2 s or more after the first.
+	tb.Insert(c, 0, sec(300))
+	got, _, _ = tb.Lookup(c.Reply, 0, sec(300))
+	if !got.Replied || got.Assured || got.Expires != sec(331) {
+		t.Fatalf("answered at once: %+v", got)
+	}
+	got, _, _ = tb.Lookup(c.Orig, 0, sec(301))
+	if got.Assured || got.Expires != sec(332) {
+		t.Fatalf("1 s on: %+v", got)
+	}
+	got, _, _ = tb.Lookup(c.Orig, 0, sec(302))
+	if !got.Assured || got.Expires != sec(423) {
+		t.Fatalf("2 s on, a stream: %+v", got)
+	}
+}
+
+// A flood of answered datagrams from spoofed sources (each a query and its
+// answer) fills the table with connections that are evicted for new ones,
+// TCP or UDP, as nf_conntrack evicts them.
+func TestAnsweredDatagramsAreEvictable(t *testing.T) {
+	const max = 64
+	tb := newSmall(t, max)
+	for i := range max {
+		c := flow(i, ProtoUDP)
+		tb.Insert(c, 0, sec(1))
+		tb.Lookup(c.Reply, 0, sec(1))
+	}
+	if s := tb.Stats(); s.Entries != max || s.Assured != 0 {
+		t.Fatalf("stats after the flood: %+v", s)
+	}
+	syn := flow(1000, ProtoTCP)
+	if res, _ := tb.Insert(syn, TCPFlagSYN, sec(2)); res != InsertedEarlyDrop {
+		t.Fatalf("a SYN into a table full of answered datagrams: %v, want %v", res, InsertedEarlyDrop)
+	}
 }
 
 func TestICMPEchoAndOther(t *testing.T) {
@@ -166,16 +202,17 @@ func contains(s, sub string) bool {
 func TestFull(t *testing.T) {
 	const max = 200
 	tb := newSmall(t, max)
-	// Assured connections fill the table.
+	// Assured connections (UDP streams: answered, and a packet 2 s on)
+	// fill the table.
 	for i := range max {
 		c := flow(i, ProtoUDP)
 		if res, _ := tb.Insert(c, 0, 0); res != Inserted {
 			t.Fatalf("insert %d: %v", i, res)
 		}
-		tb.Lookup(c.Reply, 0, 0)
+		tb.Lookup(c.Reply, 0, sec(2))
 	}
 	for i := range 50 {
-		if res, _ := tb.Insert(flow(max+i, ProtoUDP), 0, sec(1)); res != Full {
+		if res, _ := tb.Insert(flow(max+i, ProtoUDP), 0, sec(2)); res != Full {
 			t.Fatalf("insert into a full table: %v", res)
 		}
 	}
@@ -352,6 +389,8 @@ type model struct {
 type modelConn struct {
 	c        Conn
 	replied  bool
+	stream   bool  // replied, and a packet 2 s or more after created
+	created  int64 // seconds
 	deadline int64 // seconds
 }
 
@@ -415,7 +454,7 @@ func checkModel(t *testing.T, ops []byte) {
 				if mr != nil && mr != mo {
 					m.remove(mr)
 				}
-				m.conns[c.Orig] = &modelConn{c: c, deadline: now + 30}
+				m.conns[c.Orig] = &modelConn{c: c, created: now, deadline: now + 30}
 				m.owner[c.Orig] = c.Orig
 				m.owner[c.Reply] = c.Orig
 			}
@@ -437,12 +476,13 @@ func checkModel(t *testing.T, ops []byte) {
 				wantDir = R
 				mc.replied = true
 			}
+			mc.stream = mc.stream || mc.replied && now-mc.created >= 2
 			to := int64(30)
-			if mc.replied {
+			if mc.stream {
 				to = 120
 			}
 			mc.deadline = now + to
-			if d != wantDir || got.Orig != mc.c.Orig || got.Replied != mc.replied || got.Expires != sec(mc.deadline+1) {
+			if d != wantDir || got.Orig != mc.c.Orig || got.Replied != mc.replied || got.Assured != mc.stream || got.Expires != sec(mc.deadline+1) {
 				t.Fatalf("lookup %v: %+v %v, model %+v", k, got, d, mc)
 			}
 		case 3: // delete
