@@ -75,12 +75,13 @@
 // closest to expiry. Embryonic means not assured: TCP whose handshake has not
 // completed (SYN_SENT, SYN_RECV, or picked up mid-stream and not yet
 // answered), UDP never answered or answered but not yet a stream (no packet
-// 2 s or more after it began: a DNS query and its answer), ICMP/other never
-// answered; finished TCP (TIME_WAIT, CLOSE) is also fair game. Assured
-// connections (TCP established with both directions seen, UDP streams,
-// ICMP/other answered) are never evicted for a new one, so a SYN flood, or
-// a flood of answered datagrams, churns through embryonic entries while
-// established flows survive. If the window holds nothing to reclaim, Insert returns [Full].
+// 2 s or more after it began: a DNS query and its answer), and ICMP and
+// other protocols, answered or not; finished TCP (TIME_WAIT, CLOSE) is also
+// fair game. Assured connections (TCP established with both directions
+// seen, UDP streams) are never evicted for a new one, so a SYN flood, or a
+// flood of answered datagrams, churns through embryonic entries while
+// established flows survive. If the window holds nothing to reclaim,
+// Insert returns [Full].
 package conntrack
 
 import (

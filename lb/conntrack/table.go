@@ -277,9 +277,9 @@ func (t *Table) advance(st uint64, proto uint8, d Dir, flags uint8, nowSec, crea
 		if s == TCPEstablished {
 			nst |= stAssured
 		}
-	case proto != ProtoUDP || nowSec-created >= udpStreamAfter:
+	case proto == ProtoUDP && nowSec-created >= udpStreamAfter:
 		nst |= stAssured
-	}
+	} // ICMP and other protocols are never assured, as in nf_conntrack
 	deadline := addSat(nowSec, t.timeout(proto, s, nst&stAssured != 0))
 	return nst | uint64(s)<<stStateShift | closer<<stCloserShift | uint64(deadline)
 }

@@ -137,7 +137,7 @@ func TestICMPEchoAndOther(t *testing.T) {
 	}
 	tb.Insert(echo, 0, 0)
 	got, d, ok := tb.Lookup(echo.Reply, 0, sec(10))
-	if !ok || d != R || !got.Replied || got.Expires != sec(41) || got.State != TCPNone {
+	if !ok || d != R || !got.Replied || got.Assured || got.Expires != sec(41) || got.State != TCPNone {
 		t.Fatalf("echo reply: %+v %v %v", got, d, ok)
 	}
 	gre := Conn{
