@@ -158,14 +158,18 @@ func TestMetrics(t *testing.T) {
 }
 
 // TestPrometheusScrapesTheAgent runs a real Prometheus server next to the
-// agent (the node's network) and asks it for trunkline_rx_packets_total.
+// agent (the node's network) with the shipped alerting rules, asks it for
+// trunkline_rx_packets_total, and checks every rule evaluates against the
+// agent's metrics without error and none fires on a healthy agent.
 func TestPrometheusScrapesTheAgent(t *testing.T) {
 	prom := tool(t, "prometheus", "apt-get install prometheus")
 	e := newEnv(t, fmt.Sprintf("tlprm%d", os.Getpid()%10000), 1)
 	b := e.b
 	e.startAgent()
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: trunkline\n    static_configs: [{targets: [%q]}]\n", agent.DefaultMetricsAddr)
+	rules, alerts := ruleGroups(t, false)
+	os.WriteFile(dir+"/rules.yaml", rules, 0o644)
+	cfg := fmt.Sprintf("global: {scrape_interval: 1s, evaluation_interval: 1s}\nrule_files: [rules.yaml]\nscrape_configs:\n  - job_name: trunkline\n    static_configs: [{targets: [%q]}]\n", agent.DefaultMetricsAddr)
 	os.WriteFile(dir+"/prometheus.yml", []byte(cfg), 0o644)
 	const promAddr = "127.0.0.1:19090"
 	srv := b.Command(t.Context(), b.Node.Netns, prom, "--config.file="+dir+"/prometheus.yml",
@@ -181,11 +185,11 @@ func TestPrometheusScrapesTheAgent(t *testing.T) {
 	if err := udpRoundTrip(c, []byte("hi"), 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	query := func() (string, error) {
+	get := func(path string) (string, error) {
 		conn := dial(t, b.Node.Netns, "tcp", netip.MustParseAddrPort(promAddr))
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(conn, "GET /api/v1/query?query=trunkline_rx_packets_total HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path)
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
 			return "", err
@@ -198,16 +202,57 @@ func TestPrometheusScrapesTheAgent(t *testing.T) {
 	var last string
 	for time.Now().Before(deadline) {
 		if err := bed.WaitListening(t.Context(), b.Node.Netns, 19090); err == nil {
-			if body, err := query(); err == nil {
+			if body, err := get("/api/v1/query?query=trunkline_rx_packets_total"); err == nil {
 				last = body
 				if strings.Contains(body, `"status":"success"`) && strings.Contains(body, `"__name__":"trunkline_rx_packets_total"`) {
-					return
+					break
 				}
 			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	t.Fatalf("Prometheus never answered for trunkline_rx_packets_total; last answer %s\nlog:\n%s", last, log.String())
+	if !strings.Contains(last, `"__name__":"trunkline_rx_packets_total"`) {
+		t.Fatalf("Prometheus never answered for trunkline_rx_packets_total; last answer %s\nlog:\n%s", last, log.String())
+	}
+	// Each rule evaluated (health ok: the expression ran), none firing or
+	// pending.
+	var r struct {
+		Data struct {
+			Groups []struct {
+				Rules []struct {
+					Name, Health, State, LastError string
+				}
+			}
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		body, err := get("/api/v1/rules?type=alert")
+		if err == nil {
+			r.Data.Groups = nil
+			json.Unmarshal([]byte(body), &r)
+		}
+		ok := 0
+		for _, g := range r.Data.Groups {
+			for _, rule := range g.Rules {
+				if rule.Health == "ok" {
+					ok++
+				}
+			}
+		}
+		if ok == len(alerts) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d rules evaluated ok after 10 s: %s %v", ok, len(alerts), body, err)
+		}
+	}
+	for _, g := range r.Data.Groups {
+		for _, rule := range g.Rules {
+			if rule.State != "inactive" {
+				t.Errorf("alert %s is %s on a healthy agent", rule.Name, rule.State)
+			}
+		}
+	}
 }
 
 // TestReadyzFailsWhenTheTrunkProgramGoes: /readyz answers 200 while the
