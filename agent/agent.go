@@ -554,14 +554,22 @@ func (a *Agent) gateSYNs(last uint64) uint64 {
 }
 
 // checkMTU makes sure a frame of the link's MTU, with its Ethernet header
-// and an 802.1Q tag, fits a UMEM frame after the kernel's headroom.
+// and an 802.1Q tag, fits a UMEM frame after the kernel's headroom. The
+// error wraps ErrInvalidConfig: the MTU is the operator's to change.
 func checkMTU(l netlink.Link, frameSize int) error {
 	room := frameSize - unix.XDP_PACKET_HEADROOM
-	if need := l.Attrs().MTU + 14 + 4; need > room {
-		return fmt.Errorf("%s has MTU %d: its tagged frames (%d bytes) do not fit a %d-byte UMEM frame (%d after headroom); set umem.frameSize: 4096 or lower the MTU",
-			l.Attrs().Name, l.Attrs().MTU, need, frameSize, room)
+	need := l.Attrs().MTU + 14 + 4
+	if need <= room {
+		return nil
 	}
-	return nil
+	largest := maxFrameSize - unix.XDP_PACKET_HEADROOM
+	fix := fmt.Sprintf("set umem.frameSize: %d or lower the MTU", maxFrameSize)
+	if need > largest {
+		fix = fmt.Sprintf("the largest MTU the agent carries is %d, with umem.frameSize: %d: lower the MTU (jumbo frames would need multi-buffer AF_XDP, which the agent does not use)",
+			largest-14-4, maxFrameSize)
+	}
+	return fmt.Errorf("%w: %s has MTU %d: its tagged frames (%d bytes) do not fit a %d-byte UMEM frame (%d after headroom); %s",
+		ErrInvalidConfig, l.Attrs().Name, l.Attrs().MTU, need, frameSize, room, fix)
 }
 
 // trunkAttached checks that the trunk still runs the agent's XDP program.

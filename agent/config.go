@@ -187,6 +187,9 @@ type podSettings struct {
 	mac [6]byte
 }
 
+// maxFrameSize is the largest UMEM frame: a page, as XDP wants a frame.
+const maxFrameSize = 4096
+
 // ErrInvalidConfig is wrapped by every configuration error.
 var ErrInvalidConfig = errors.New("invalid configuration")
 
@@ -301,8 +304,8 @@ func (c Config) validate() (settings, error) {
 	if c.Batch != 0 && (c.Batch < 1 || c.Batch > 1024) {
 		bad("batch", "%d: want 1..1024", c.Batch)
 	}
-	if c.UMEM.FrameSize != 2048 && c.UMEM.FrameSize != 4096 {
-		bad("umem.frameSize", "%d: want 2048 or 4096", c.UMEM.FrameSize)
+	if c.UMEM.FrameSize != 2048 && c.UMEM.FrameSize != maxFrameSize {
+		bad("umem.frameSize", "%d: want 2048 or %d", c.UMEM.FrameSize, maxFrameSize)
 	}
 	if c.UMEM.Frames < 4*trunkRing || c.UMEM.Frames > 1<<20 {
 		bad("umem.frames", "%d: want %d..1048576", c.UMEM.Frames, 4*trunkRing)

@@ -224,6 +224,31 @@ func TestCNIPlugin(t *testing.T) {
 		}
 	})
 
+	t.Run("an MTU whose frames do not fit the agent's UMEM frames: ADD fails saying so, and leaves nothing", func(t *testing.T) {
+		const cidBig = "e2e-cni-pod-jumbo"
+		rt.conf["mtu"] = 9000 // the bed's agent has 2 KiB frames: MTU 1774 at most
+		r := rt.run("ADD", cidBig, podPath, nil)
+		delete(rt.conf, "mtu")
+		if r.err == nil {
+			t.Fatalf("ADD with MTU 9000 succeeded: %s", r.stdout)
+		}
+		msg := r.cniError().Msg + ": " + r.cniError().Details
+		if !strings.Contains(msg, "MTU 9000") || !strings.Contains(msg, "umem.frameSize") {
+			t.Errorf("ADD's error does not name the MTU and the frame size: %s %s", r.stdout, r.stderr)
+		}
+		t.Logf("ADD with MTU 9000: %s", msg)
+		if vethExists(cni.HostVethName(cidBig, "eth0")) {
+			t.Error("the failed ADD left its host veth")
+		}
+		if out := privtest.Run(t, "ip", "-n", podNS, "-br", "link"); strings.Contains(out, "eth0") {
+			t.Errorf("the failed ADD left the pod's interface:\n%s", out)
+		}
+		if _, err := cni.NewClient(b.APISocket()).Get(t.Context(), cidBig, "eth0"); err == nil {
+			t.Error("the agent still holds a registration for the failed ADD")
+		}
+		rt.must("DEL", cidBig, podPath, nil) // what a runtime does after a failed ADD
+	})
+
 	t.Run("agent stopped: STATUS says plugin not available, ADD try again later, DEL succeeds", func(t *testing.T) {
 		const cid2 = "e2e-cni-pod-2"
 		second := rt.must("ADD", cid2, podPath, nil)
