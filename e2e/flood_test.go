@@ -116,15 +116,7 @@ func flood(t *testing.T, b *bed.Bed, a *agentproc.Proc, g *gen.Generator, svc *b
 	time.Sleep(3200 * time.Millisecond)
 	before := stats(t, a)
 	wireBefore, trunkBefore := nicStats(t, b, b.Wire.Netns, b.Wire.Ifname), nicStats(t, b, b.Node.Netns, b.Node.Trunk)
-	var (
-		gst    gen.RunStats
-		genErr error
-		done   = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		gst, genErr = g.Run(ctx, gen.RunOptions{Netns: b.Wire.Netns, Ifname: b.Wire.Ifname, CPU: vpcCPU, Until: time.Now().Add(3500 * time.Millisecond), Rate: rate})
-	}()
+	done, genResult := startGen(ctx, g, gen.RunOptions{Netns: b.Wire.Netns, Ifname: b.Wire.Ifname, CPU: vpcCPU, Until: time.Now().Add(3500 * time.Millisecond), Rate: rate})
 	for sampling := true; sampling; {
 		select {
 		case <-done:
@@ -136,9 +128,7 @@ func flood(t *testing.T, b *bed.Bed, a *agentproc.Proc, g *gen.Generator, svc *b
 	during := stats(t, a)
 	wireAfter, trunkAfter := nicStats(t, b, b.Wire.Netns, b.Wire.Ifname), nicStats(t, b, b.Node.Netns, b.Node.Trunk)
 	wg.Wait()
-	if genErr != nil {
-		t.Fatalf("generator: %v", genErr)
-	}
+	gst := genResult(t)
 	r.offered = float64(gst.Offered) / gst.Elapsed.Seconds()
 	ct := during.Conntrack
 	r.entries, r.peak = ct.Entries, max(r.peak, ct.Entries)
@@ -162,6 +152,28 @@ func flood(t *testing.T, b *bed.Bed, a *agentproc.Proc, g *gen.Generator, svc *b
 		r.offered/1e6, gst.Elapsed.Round(time.Millisecond), r.before/1e6, r.mid/1e6, 100*r.mid/r.before, r.intervals,
 		r.peak, ct.MaxEntries, r.inserts, r.earlyDrops, r.limited, r.full, r.kernelDrops)
 	return r
+}
+
+// startGen runs g in the background. done is closed when the run ends;
+// result then returns its figures, failing the test on its error.
+func startGen(ctx context.Context, g *gen.Generator, o gen.RunOptions) (done <-chan struct{}, result func(*testing.T) gen.RunStats) {
+	var (
+		st  gen.RunStats
+		err error
+		ch  = make(chan struct{})
+	)
+	go func() {
+		defer close(ch)
+		st, err = g.Run(ctx, o)
+	}()
+	return ch, func(t *testing.T) gen.RunStats {
+		t.Helper()
+		<-ch
+		if err != nil {
+			t.Fatalf("generator: %v", err)
+		}
+		return st
+	}
 }
 
 // nicStats are an interface's ethtool counters.

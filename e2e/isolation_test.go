@@ -244,15 +244,7 @@ func TestPodFloodDoesNotStarveOthers(t *testing.T) {
 	before := stats(t, a)
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
 	defer cancel()
-	var (
-		gst    gen.RunStats
-		genErr error
-		done   = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		gst, genErr = g.Run(ctx, gen.RunOptions{Netns: flooder.Netns, Ifname: flooder.Ifname, CPU: 0, Until: time.Now().Add(3 * time.Second)})
-	}()
+	_, genResult := startGen(ctx, g, gen.RunOptions{Netns: flooder.Netns, Ifname: flooder.Ifname, CPU: 0, Until: time.Now().Add(3 * time.Second)})
 	time.Sleep(200 * time.Millisecond)
 	const requests = 200
 	answered := 0
@@ -265,10 +257,7 @@ func TestPodFloodDoesNotStarveOthers(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	<-done
-	if genErr != nil {
-		t.Fatalf("generator: %v", genErr)
-	}
+	gst := genResult(t)
 	after := stats(t, a)
 	fl := podStats(after, flooder.Name).RxPackets - podStats(before, flooder.Name).RxPackets
 	t.Logf("flooder offered %.2f Mpps, the agent took %d of its frames (%.2f Mpps); the quiet pod: %d of %d answered, slowest %s",
