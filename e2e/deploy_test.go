@@ -373,6 +373,39 @@ func TestDeployKustomizeMatchesTheBase(t *testing.T) {
 	}
 }
 
+// TestDeployMonitoringKustomizes: deploy/monitoring renders to the one
+// PrometheusRule, in the agent's namespace, with the alerts the rule tests
+// check.
+func TestDeployMonitoringKustomizes(t *testing.T) {
+	out, err := exec.Command(kubectlBinary(t), "kustomize", deployDir+"/monitoring").Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy/monitoring: %v\n%s", err, stderrOf(err))
+	}
+	d := decodeManifests(t, out)
+	if !slices.Equal(d.kinds, []string{"PrometheusRule"}) {
+		t.Fatalf("deploy/monitoring renders %v, want one PrometheusRule", d.kinds)
+	}
+	var rule struct {
+		Metadata struct{ Name, Namespace string }
+		Spec     struct {
+			Groups []struct {
+				Rules []struct{ Alert string }
+			}
+		}
+	}
+	if err := k8syaml.Unmarshal(out, &rule); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range rule.Spec.Groups {
+		n += len(g.Rules)
+	}
+	_, alerts := ruleGroups(t, false)
+	if rule.Metadata.Name != "trunkline" || rule.Metadata.Namespace != "kube-system" || n != len(alerts) {
+		t.Errorf("rendered PrometheusRule %s/%s with %d rules, want kube-system/trunkline with %d", rule.Metadata.Namespace, rule.Metadata.Name, n, len(alerts))
+	}
+}
+
 // TestDeployDockerfileBuildsLikeMake: the image's binaries are built with
 // the same environment, flags and packages as `make build`, and copied to
 // where the DaemonSet runs them.
